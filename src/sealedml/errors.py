@@ -1,0 +1,186 @@
+"""The one error hierarchy of SealedML.
+
+Every rejection carries a *stable* code (``crypto.auth_failed``), an HTTP status that fits, and a
+message a person can act on. Codes are part of the public interface: the HTTP API returns them in
+the JSON body, the enclave returns them across its message protocol, and the CLI prints them.
+Messages never contain plaintext data or key material.
+
+    SealedMLError
+    ├── CryptoError          crypto.*        ciphertext failed to authenticate, malformed envelope
+    ├── AttestationError     attestation.*   evidence rejected by a named check
+    ├── RequestError         request.*       replay, expiry, wrong recipient
+    ├── InputError           input.*         oversized, malformed, schema mismatch
+    ├── ModelError           model.*         invalid ONNX, not provisioned, budget exhausted
+    ├── AuthError            auth.*          missing/invalid token, forbidden role or tenant
+    ├── NotFoundError        not_found.*     unknown model, job (also used for other tenants' objects)
+    ├── EnclaveError         enclave.*       enclave unavailable or protocol violation
+    └── ConfigError          config.*        bad policy file, bad settings
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SealedMLError(Exception):
+    """Base of every SealedML error: a stable ``code``, an HTTP ``status`` and a message."""
+
+    prefix: ClassVar[str] = "error"
+    default_status: ClassVar[int] = 400
+
+    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
+        if not code.startswith(self.prefix + ".") and self.prefix != "error":
+            raise ValueError(f"code {code!r} does not belong to {type(self).__name__}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status if status is not None else STATUS_BY_CODE.get(code, self.default_status)
+
+    def diagnostics(self) -> str:
+        """Return a paragraph a person can act on: the code, what failed, and the hint if any."""
+        hint = HINTS.get(self.code)
+        text = f"[{self.code}] {self.message}"
+        return f"{text}\n  hint: {hint}" if hint else text
+
+    def to_dict(self) -> dict[str, str]:
+        """Return the wire form ``{"code": ..., "message": ...}`` used by the API and the enclave."""
+        return {"code": self.code, "message": self.message}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code!r}, {self.message!r})"
+
+
+class CryptoError(SealedMLError):
+    """A ciphertext or envelope was rejected. Authentication failures are deliberately uniform."""
+
+    prefix = "crypto"
+
+
+class AttestationError(SealedMLError):
+    """Evidence was rejected; ``code`` names the check that failed."""
+
+    prefix = "attestation"
+    default_status = 422
+
+
+class RequestError(SealedMLError):
+    """A sealed request was rejected as a replay, as expired, or as meant for another enclave."""
+
+    prefix = "request"
+    default_status = 409
+
+
+class InputError(SealedMLError):
+    """The caller's input is malformed, too large, or does not fit the model."""
+
+    prefix = "input"
+
+
+class ModelError(SealedMLError):
+    """A model could not be loaded, is not ready, or refuses more queries."""
+
+    prefix = "model"
+    default_status = 422
+
+
+class AuthError(SealedMLError):
+    """The caller is not authenticated, or not allowed to do this."""
+
+    prefix = "auth"
+    default_status = 401
+
+
+class NotFoundError(SealedMLError):
+    """The object does not exist *for this caller* (other tenants' objects look the same)."""
+
+    prefix = "not_found"
+    default_status = 404
+
+
+class EnclaveError(SealedMLError):
+    """The enclave could not be reached, or it broke the message protocol."""
+
+    prefix = "enclave"
+    default_status = 503
+
+
+class ConfigError(SealedMLError):
+    """A configuration or policy file is invalid."""
+
+    prefix = "config"
+
+
+STATUS_BY_CODE: dict[str, int] = {
+    "crypto.auth_failed": 400,
+    "crypto.malformed": 400,
+    "crypto.unsupported_version": 400,
+    "crypto.signature_invalid": 400,
+    "request.replayed": 409,
+    "request.expired": 409,
+    "request.wrong_recipient": 409,
+    "request.invalid": 400,
+    "input.too_large": 413,
+    "input.malformed": 400,
+    "input.schema_mismatch": 422,
+    "model.invalid_onnx": 422,
+    "model.not_provisioned": 409,
+    "model.budget_exhausted": 429,
+    "model.key_mismatch": 422,
+    "auth.missing_token": 401,
+    "auth.invalid_token": 401,
+    "auth.forbidden": 403,
+    "not_found.model": 404,
+    "not_found.job": 404,
+    "not_found.account": 404,
+    "enclave.unavailable": 503,
+    "enclave.protocol": 502,
+    "enclave.internal": 500,
+    "config.invalid": 400,
+}
+
+HINTS: dict[str, str] = {
+    "crypto.auth_failed": "the ciphertext was altered, truncated, reordered, or opened with the wrong key",
+    "attestation.simulated_not_allowed": (
+        "the server runs the SIMULATED TEE, which protects nothing from the host; set "
+        "allow_simulated = true in your policy only for development"
+    ),
+    "attestation.measurement_mismatch": (
+        "the enclave runs code you have not pinned: compare `sealedml measure` with your policy's "
+        "reference_measurements"
+    ),
+    "attestation.nonce_mismatch": "the evidence answers another challenge: it is stale or replayed",
+    "attestation.expired": "the evidence is older than max_evidence_age_seconds: attest again",
+    "request.replayed": "each sealed request may be used once; the SDK makes a fresh one per call",
+    "request.wrong_recipient": "the enclave restarted with a new key: attest again and resend",
+    "input.too_large": "split the input into smaller batches",
+    "input.schema_mismatch": "the columns must match the model's published input schema",
+    "model.not_provisioned": "the provider must provision the model key to the attested enclave",
+    "auth.missing_token": "pass --token or set SEALEDML_TOKEN",
+    "enclave.unavailable": "the enclave process is not running; check the server log",
+}
+
+_CLASS_BY_PREFIX: dict[str, type[SealedMLError]] = {
+    cls.prefix: cls
+    for cls in (
+        CryptoError,
+        AttestationError,
+        RequestError,
+        InputError,
+        ModelError,
+        AuthError,
+        NotFoundError,
+        EnclaveError,
+        ConfigError,
+    )
+}
+
+
+def error_from_dict(data: object, *, status: int | None = None) -> SealedMLError:
+    """Rebuild the most specific error from its wire form; unknown shapes become a protocol error."""
+    if isinstance(data, dict):
+        code, message = data.get("code"), data.get("message")
+        if isinstance(code, str) and isinstance(message, str) and "." in code:
+            cls = _CLASS_BY_PREFIX.get(code.split(".", 1)[0])
+            if cls is not None:
+                return cls(code, message, status=status)
+    return EnclaveError("enclave.protocol", "peer sent an error in an unknown shape", status=status)
