@@ -14,6 +14,8 @@ Messages never contain plaintext data or key material.
     ├── AuthError            auth.*          missing/invalid token, forbidden role or tenant
     ├── NotFoundError        not_found.*     unknown model, job (also used for other tenants' objects)
     ├── EnclaveError         enclave.*       enclave unavailable or protocol violation
+    ├── ReceiptError         receipt.*       a receipt does not match the job or the attested enclave
+    ├── NetworkError         network.*       the platform could not be reached
     └── ConfigError          config.*        bad policy file, bad settings
 """
 
@@ -104,6 +106,20 @@ class EnclaveError(SealedMLError):
     default_status = 503
 
 
+class ReceiptError(SealedMLError):
+    """A receipt does not describe this job, or was not signed by the attested enclave."""
+
+    prefix = "receipt"
+    default_status = 422
+
+
+class NetworkError(SealedMLError):
+    """The platform could not be reached or did not answer in time."""
+
+    prefix = "network"
+    default_status = 503
+
+
 class ConfigError(SealedMLError):
     """A configuration or policy file is invalid."""
 
@@ -170,6 +186,8 @@ _CLASS_BY_PREFIX: dict[str, type[SealedMLError]] = {
         AuthError,
         NotFoundError,
         EnclaveError,
+        ReceiptError,
+        NetworkError,
         ConfigError,
     )
 }

@@ -1,0 +1,30 @@
+"""The SealedML client SDK: the plain Python API the CLI is built on.
+
+Typical use::
+
+    policy = AppraisalPolicy.load(Path("policy.toml"))
+    with SealedMLClient(url, token, policy=policy) as client:
+        client.attest()
+        prediction = client.predict("cancer-screen", frame)
+"""
+
+from sealedml.client._data import iter_table, select_features, write_predictions
+from sealedml.client._models import PreparedModel, from_estimator, prepare_model_file, prepare_onnx
+from sealedml.client._receipts import ReceiptBundle, verify_receipt
+from sealedml.client._sdk import ModelInfo, Prediction, PublishedModel, SealedMLClient
+
+__all__ = [
+    "ModelInfo",
+    "Prediction",
+    "PreparedModel",
+    "PublishedModel",
+    "ReceiptBundle",
+    "SealedMLClient",
+    "from_estimator",
+    "iter_table",
+    "prepare_model_file",
+    "prepare_onnx",
+    "select_features",
+    "verify_receipt",
+    "write_predictions",
+]
