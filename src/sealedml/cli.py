@@ -1,0 +1,499 @@
+"""The ``sealedml`` command line, a thin layer over the SDK (:mod:`sealedml.client`).
+
+Exit codes: 0 success, 1 rejected (any ``SealedMLError``: the code and a hint go to stderr),
+2 usage error. Human-readable summaries go to stderr; ``--json`` puts machine-readable output on
+stdout. Every option has a ``SEALEDML_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sealedml.errors import ConfigError, InputError, SealedMLError
+
+app = typer.Typer(
+    name="sealedml",
+    help="Confidential machine learning as a service: attested enclaves, encrypted models and data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+model_app = typer.Typer(help="Publish and list models.", no_args_is_help=True)
+account_app = typer.Typer(help="Manage accounts (admin).", no_args_is_help=True)
+receipt_app = typer.Typer(help="Check execution receipts.", no_args_is_help=True)
+policy_app = typer.Typer(help="Write appraisal policies.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(account_app, name="account")
+app.add_typer(receipt_app, name="receipt")
+app.add_typer(policy_app, name="policy")
+
+err = Console(stderr=True)
+out = Console()
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_POLICY = Path("sealedml-policy.toml")
+SIMULATED_BANNER = (
+    "[bold yellow]SIMULATED TEE[/]: this enclave is an ordinary process. It offers [bold]NO[/] "
+    "protection from the host. Accepted only because your policy sets allow_simulated = true."
+)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="SEALEDML_URL", help="Platform URL.")]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", envvar="SEALEDML_TOKEN", help="API token.", show_default=False)
+]
+PolicyOpt = Annotated[
+    Path, typer.Option("--policy", envvar="SEALEDML_POLICY", help="Appraisal policy (TOML).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+T = TypeVar("T")
+
+
+class Role(enum.StrEnum):
+    """Account roles."""
+
+    provider = "provider"
+    data_owner = "data_owner"
+    admin = "admin"
+
+
+class OutputMode(enum.StrEnum):
+    """What a model releases to its clients."""
+
+    probabilities = "probabilities"
+    rounded = "rounded"
+    label = "label"
+
+
+def _keys_dir() -> Path:
+    base = os.environ.get("SEALEDML_KEYS_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "sealedml" / "keys"
+
+
+def _load_policy(path: Path) -> Any:
+    from sealedml.attestation.policy import AppraisalPolicy
+
+    if not path.is_file():
+        raise ConfigError(
+            "config.invalid",
+            f"no policy file at {path}: write one with `sealedml policy init` or pass --policy",
+        )
+    return AppraisalPolicy.load(path)
+
+
+def _client(url: str, token: str | None, policy: Path | None = None) -> Any:
+    from sealedml.client import SealedMLClient
+
+    return SealedMLClient(url, token, policy=_load_policy(policy) if policy is not None else None)
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def claims_table(result: Any) -> Table:
+    """Render verified attestation claims as a table."""
+    claims = result.claims
+    table = Table(title="Verified attestation claims", show_header=False)
+    table.add_column("claim", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("TEE", claims.tee + (" [yellow](SIMULATED)[/]" if claims.simulated else ""))
+    table.add_row("measurement", claims.measurement)
+    table.add_row("debug", str(claims.debug))
+    table.add_row("platform id", claims.platform_id)
+    table.add_row("issued at", claims.issued_at.isoformat())
+    table.add_row("root (sha256)", claims.root_fingerprint)
+    table.add_row("enclave HPKE key", result.hpke_public_key.hex())
+    table.add_row("enclave signing key", result.signing_public_key.hex())
+    return table
+
+
+def receipt_table(receipt: dict[str, Any]) -> Table:
+    """Render a receipt as a table."""
+    table = Table(title="Execution receipt (signature verified)", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in sorted(receipt):
+        value = receipt[key]
+        if key == "issued_at" and isinstance(value, int):
+            value = datetime.fromtimestamp(value, tz=UTC).isoformat()
+        table.add_row(key, str(value))
+    return table
+
+
+def warn_if_simulated(result: Any) -> None:
+    """Say loudly when accepted evidence came from the simulated TEE."""
+    if result.claims.simulated:
+        err.print(Panel(SIMULATED_BANNER, border_style="yellow", title="WARNING"))
+
+
+def _run(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except SealedMLError as exc:
+        err.print(f"[bold red]rejected[/] {exc.diagnostics()}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+# -- server ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[Path, typer.Option(envvar="SEALEDML_DATA_DIR", help="Blobs, database, platform keys.")] = Path(
+        "sealedml-data"
+    ),
+    db: Annotated[
+        str | None, typer.Option(envvar="SEALEDML_DB", help="SQLAlchemy URL (default: SQLite in data dir).")
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="SEALEDML_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SEALEDML_PORT")] = 8000,
+    max_model_mb: Annotated[int, typer.Option(help="Largest accepted model upload (MiB).")] = 256,
+    max_request_mb: Annotated[int, typer.Option(help="Largest accepted sealed request (MiB).")] = 64,
+) -> None:
+    """Run the platform service with a simulated enclave (the only backend on this machine)."""
+    from sealedml.platform.launch import run_platform
+    from sealedml.platform.settings import Settings
+
+    settings = Settings(
+        data_dir=data_dir,
+        db_url=db,
+        host=host,
+        port=port,
+        max_model_bytes=max_model_mb * 1024 * 1024,
+        max_request_bytes=max_request_mb * 1024 * 1024,
+    )
+    err.print(Panel(
+        "Enclave backend: [bold yellow]SIMULATED TEE[/] — no protection from this host. "
+        "Clients must opt in with allow_simulated = true.", border_style="yellow",
+    ))
+    _run(lambda: run_platform(settings))
+
+
+# -- attestation ----------------------------------------------------------------------------------
+
+
+@app.command()
+def measure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every measured file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the measurement of the enclave code installed here (pin it in your policy)."""
+    from sealedml.attestation.measurement import compute_measurement, tcb_manifest
+
+    value = compute_measurement()
+    if as_json:
+        _print_json({"measurement": value, "manifest": tcb_manifest() if verbose else None})
+        return
+    if verbose:
+        for path, digest in tcb_manifest():
+            err.print(f"  {digest[:16]}…  {path}", highlight=False)
+    out.print(value, highlight=False)
+
+
+@app.command()
+def attest(url: UrlOpt = DEFAULT_URL, policy: PolicyOpt = DEFAULT_POLICY, as_json: JsonOpt = False) -> None:
+    """Verify the platform's enclave under your policy and print the claims."""
+
+    def action() -> None:
+        with _client(url, None, policy) as client:
+            result = client.attest()
+        warn_if_simulated(result)
+        if as_json:
+            _print_json(result.to_dict())
+        else:
+            err.print(claims_table(result))
+            err.print("[bold green]attestation verified[/] under", str(policy))
+
+    _run(action)
+
+
+@policy_app.command("init")
+def policy_init(
+    url: UrlOpt = DEFAULT_URL,
+    output: Annotated[Path, typer.Option("--output", "-o")] = DEFAULT_POLICY,
+    allow_simulated: Annotated[
+        bool, typer.Option(help="Accept the SIMULATED TEE (development only).")
+    ] = False,
+    max_age: Annotated[int, typer.Option(help="Maximum evidence age in seconds.")] = 300,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a policy pinning the measurement of the enclave code installed *here*.
+
+    With --allow-simulated it also pins the simulated platform root the server presents now
+    (trust on first use: there is no vendor root for a simulation).
+    """
+    from sealedml.attestation.measurement import compute_measurement
+    from sealedml.attestation.policy import AppraisalPolicy
+
+    def action() -> None:
+        if output.exists() and not force:
+            raise InputError("input.malformed", f"{output} exists: pass --force to overwrite")
+        roots: list[str] = []
+        if allow_simulated:
+            import hashlib
+
+            with _client(url, None) as client:
+                bundle = client.fetch_evidence(os.urandom(32))
+            roots = [hashlib.sha256(bundle.certificates[-1]).hexdigest()]
+            err.print(Panel(
+                f"Pinned the simulated root {roots[0][:16]}… presented by {url} (trust on first use).",
+                border_style="yellow",
+            ))
+        policy = AppraisalPolicy(
+            allow_simulated=allow_simulated,
+            reference_measurements=(compute_measurement(),),
+            max_evidence_age_seconds=max_age,
+            allow_debug=False,
+            simulated_roots=tuple(roots),
+        )
+        output.write_text(policy.to_toml(), encoding="utf-8")
+        err.print(f"wrote {output}")
+
+    _run(action)
+
+
+# -- accounts -------------------------------------------------------------------------------------
+
+
+@account_app.command("create")
+def account_create(
+    name: str,
+    role: Annotated[Role, typer.Option("--role")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an account (needs the admin token) and print its API token once."""
+
+    def action() -> None:
+        with _client(url, token) as client:
+            created = client.create_account(name, role.value)
+        if as_json:
+            _print_json(created)
+        else:
+            err.print(f"created {created['role']} account {created['name']} ({created['id']})")
+            out.print(created["token"], highlight=False)
+
+    _run(action)
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+@model_app.command("publish")
+def model_publish(
+    model_file: Annotated[Path, typer.Argument(help="MODEL.onnx, or a pickled scikit-learn estimator.")],
+    name: Annotated[str | None, typer.Option(help="Catalog name (default: file stem).")] = None,
+    description: Annotated[str, typer.Option()] = "",
+    columns: Annotated[str | None, typer.Option(help="Comma-separated input column names.")] = None,
+    columns_from: Annotated[
+        Path | None, typer.Option(help="Take input column names from this CSV header.")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="Drop this column from --columns-from (the label).")
+    ] = None,
+    output_policy: Annotated[OutputMode, typer.Option(help="What clients get back.")] = OutputMode.probabilities,
+    decimals: Annotated[int, typer.Option(help="Decimals kept by --output-policy rounded.")] = 2,
+    query_budget: Annotated[int | None, typer.Option(help="Rows each client may score (extraction guard).")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    policy: PolicyOpt = DEFAULT_POLICY,
+    as_json: JsonOpt = False,
+) -> None:
+    """Encrypt a model locally, upload the ciphertext, and release its key to the attested enclave."""
+    from sealedml.client import prepare_model_file
+
+    def action() -> None:
+        names: list[str] | None = None
+        if columns:
+            names = [c.strip() for c in columns.split(",") if c.strip()]
+        elif columns_from is not None:
+            import pandas as pd
+
+            header = list(pd.read_csv(columns_from, nrows=0).columns)
+            names = [c for c in header if c != label_column]
+        prepared = prepare_model_file(model_file, names)
+        with _client(url, token, policy) as client:
+            attestation = client.attest()
+            warn_if_simulated(attestation)
+            published = client.publish_model(
+                name or model_file.stem,
+                prepared,
+                description=description,
+                output_policy={"mode": output_policy.value, "decimals": decimals},
+                query_budget=query_budget,
+            )
+        key_dir = _keys_dir()
+        key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key_path = key_dir / f"{published.model.id}.key.json"
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"model_id": published.model.id, "name": published.model.name,
+                       "model_key": published.model_key.hex(), "model_sha256": published.model_sha256}, handle)
+        summary = {"id": published.model.id, "name": published.model.name, "status": published.model.status,
+                   "model_sha256": published.model_sha256, "input_columns": list(published.model.input_columns),
+                   "key_file": str(key_path)}
+        if as_json:
+            _print_json(summary)
+        else:
+            err.print(f"[bold green]published[/] {published.model.name} ({published.model.id}), "
+                      f"{len(prepared.input_columns)} input columns; model key saved to {key_path}")
+
+    _run(action)
+
+
+@model_app.command("list")
+def model_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List the models this account can see."""
+
+    def action() -> None:
+        with _client(url, token) as client:
+            models = client.list_models()
+        if as_json:
+            _print_json([m.raw for m in models])
+            return
+        table = Table(title="Models")
+        for col in ("name", "id", "status", "inputs", "output policy", "description"):
+            table.add_column(col)
+        for m in models:
+            table.add_row(m.name, m.id, m.status, str(len(m.input_columns)),
+                          str(m.output_policy.get("mode", "")), m.description)
+        err.print(table)
+
+    _run(action)
+
+
+# -- prediction -----------------------------------------------------------------------------------
+
+
+@app.command()
+def predict(
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file with the model's input columns.")],
+    model: Annotated[str, typer.Option("--model", help="Model name or id.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write predictions here (.csv or .json).")
+    ] = None,
+    receipts: Annotated[Path | None, typer.Option(help="Folder to save verified receipts in.")] = None,
+    batch_rows: Annotated[int, typer.Option(help="Rows per sealed request.")] = 10_000,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    policy: PolicyOpt = DEFAULT_POLICY,
+) -> None:
+    """Predict on a file: rows are encrypted to the attested enclave, results only you can read."""
+    import numpy as np
+
+    from sealedml.client import write_predictions
+    from sealedml.client._data import count_rows, prediction_records
+
+    def action() -> None:
+        if batch_rows <= 0:
+            raise InputError("input.malformed", "--batch-rows must be positive")
+        total = count_rows(data) if data.is_file() else None
+        with _client(url, token, policy) as client:
+            attestation = client.attest()
+            warn_if_simulated(attestation)
+            if receipts is not None:
+                receipts.mkdir(parents=True, exist_ok=True)
+            records: list[dict[str, Any]] = []
+            with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=err, transient=True) as bar:
+                task = bar.add_task("rows", total=total)
+                first = True
+                jobs = 0
+                for pred in client.predict_file(model, data, batch_rows=batch_rows,
+                                                progress=lambda n: bar.advance(task, n)):
+                    jobs += 1
+                    if receipts is not None:
+                        (receipts / f"{pred.job_id}.receipt.json").write_text(pred.receipt.to_json())
+                    if output is not None:
+                        write_predictions(output, pred.labels, pred.probabilities, append=not first)
+                    else:
+                        records.extend(prediction_records(np.asarray(pred.labels), pred.probabilities))
+                    first = False
+        if output is None:
+            _print_json(records)
+        err.print(f"[bold green]done[/]: {jobs} sealed request(s), every receipt verified"
+                  + (f"; predictions in {output}" if output else ""))
+
+    _run(action)
+
+
+@app.command()
+def jobs(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List this account's jobs."""
+
+    def action() -> None:
+        with _client(url, token) as client:
+            listing = client.list_jobs()
+        if as_json:
+            _print_json(listing)
+            return
+        table = Table(title="Jobs")
+        for col in ("id", "model", "status", "rows", "created"):
+            table.add_column(col)
+        for job in listing:
+            table.add_row(str(job.get("id")), str(job.get("model_id")), str(job.get("status")),
+                          str(job.get("rows")), str(job.get("created_at")))
+        err.print(table)
+
+    _run(action)
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    receipt_file: Annotated[Path, typer.Argument(help="A receipt saved by `sealedml predict --receipts`.")],
+    policy: PolicyOpt = DEFAULT_POLICY,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a receipt: its enclave's evidence under your policy, and the enclave's signature."""
+    from sealedml.client import ReceiptBundle
+
+    def action() -> None:
+        bundle = ReceiptBundle.load(receipt_file)
+        result = bundle.verify(_load_policy(policy))
+        warn_if_simulated(result)
+        if as_json:
+            _print_json({"verified": True, "receipt": bundle.receipt, "claims": result.to_dict()})
+        else:
+            err.print(receipt_table(bundle.receipt))
+            err.print("[bold green]receipt verified[/]: signed by an enclave that satisfies", str(policy))
+
+    _run(action)
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path | None, typer.Option(help="Keep the demo's server state here.")] = None,
+) -> None:
+    """Run the whole confidential-inference path on real medical data, on loopback."""
+    from sealedml.demo import run_demo
+
+    _run(lambda: run_demo(err, data_dir))
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
