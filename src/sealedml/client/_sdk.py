@@ -8,6 +8,7 @@ bytes: nothing it returns is trusted until it authenticates.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ from sealedml.errors import (
     NotFoundError,
     ReceiptError,
     RequestError,
+    SealedMLError,
     error_from_dict,
 )
 
@@ -280,7 +282,8 @@ class SealedMLClient:
     ) -> PublishedModel:
         """Encrypt a model under a fresh key, upload it, and provision the key to the attested enclave.
 
-        The platform only ever receives the ciphertext; the key travels sealed to the enclave.
+        The platform only ever receives the ciphertext; the key travels sealed to the enclave. All
+        or nothing: if any step is rejected, the catalog entry made for it is deleted again.
         """
         model_key = new_data_key()
         blob = encrypt_bytes(model_key, prepared.onnx_bytes, content_type=MODEL_CONTENT_TYPE)
@@ -295,21 +298,27 @@ class SealedMLClient:
             },
         )
         model_id = str(created["id"])
-        self._request(
-            "PUT",
-            f"/v1/models/{model_id}/blob",
-            content=blob,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        return self.provision_model(
-            model_id,
-            model_key,
-            blob_sha256=hashlib.sha256(blob).hexdigest(),
-            model_sha256=hashlib.sha256(prepared.onnx_bytes).hexdigest(),
-            input_columns=prepared.input_columns,
-            output_policy=output_policy,
-            query_budget=query_budget,
-        )
+        try:
+            self._request(
+                "PUT",
+                f"/v1/models/{model_id}/blob",
+                content=blob,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            return self.provision_model(
+                model_id,
+                model_key,
+                blob_sha256=hashlib.sha256(blob).hexdigest(),
+                model_sha256=hashlib.sha256(prepared.onnx_bytes).hexdigest(),
+                input_columns=prepared.input_columns,
+                output_policy=output_policy,
+                query_budget=query_budget,
+            )
+        except SealedMLError:
+            # Publishing is all or nothing: remove the half-made catalog entry, keep the cause.
+            with contextlib.suppress(SealedMLError):
+                self._request("DELETE", f"/v1/models/{model_id}")
+            raise
 
     def provision_model(
         self,

@@ -133,5 +133,10 @@ class ProcessChannel:
                 self._proc.kill()
                 self._proc.wait()
         self._fail_all()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if pipe is not None and not pipe.closed:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
