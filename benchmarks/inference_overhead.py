@@ -28,6 +28,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnxruntime as ort
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 
 def _free_port() -> int:
@@ -53,10 +56,6 @@ def _wait_ready(url: str, timeout: float = 60.0) -> None:
 
 def serve_plain(model_path: Path, port: int) -> None:
     """A minimal FastAPI + onnxruntime endpoint: float32 rows in, labels and scores out."""
-    import uvicorn
-    from fastapi import FastAPI, Request, Response
-    from starlette.concurrency import run_in_threadpool
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])

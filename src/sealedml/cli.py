@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -41,7 +42,6 @@ app.add_typer(receipt_app, name="receipt")
 app.add_typer(policy_app, name="policy")
 
 err = Console(stderr=True)
-out = Console()
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_POLICY = Path("sealedml-policy.toml")
@@ -146,7 +146,7 @@ def _run(action: Callable[[], T]) -> T:
     try:
         return action()
     except SealedMLError as exc:
-        err.print(f"[bold red]rejected[/] {exc.diagnostics()}", highlight=False)
+        err.print(f"[bold red]rejected[/] {escape(exc.diagnostics())}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -203,7 +203,7 @@ def measure(
     if verbose:
         for path, digest in tcb_manifest():
             err.print(f"  {digest[:16]}…  {path}", highlight=False)
-    out.print(value, highlight=False)
+    typer.echo(value)
 
 
 @app.command()
@@ -226,7 +226,7 @@ def attest(url: UrlOpt = DEFAULT_URL, policy: PolicyOpt = DEFAULT_POLICY, as_jso
 @policy_app.command("init")
 def policy_init(
     url: UrlOpt = DEFAULT_URL,
-    output: Annotated[Path, typer.Option("--output", "-o")] = DEFAULT_POLICY,
+    output: Annotated[Path, typer.Option("--output", "-o", envvar="SEALEDML_POLICY")] = DEFAULT_POLICY,
     allow_simulated: Annotated[
         bool, typer.Option(help="Accept the SIMULATED TEE (development only).")
     ] = False,
@@ -288,7 +288,7 @@ def account_create(
             _print_json(created)
         else:
             err.print(f"created {created['role']} account {created['name']} ({created['id']})")
-            out.print(created["token"], highlight=False)
+            typer.echo(created["token"])
 
     _run(action)
 
