@@ -41,7 +41,9 @@ class Kind(enum.IntEnum):
 
 def canonical_json(obj: Any) -> bytes:
     """Encode ``obj`` as canonical JSON: the same object always gives the same bytes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,10 @@ def parse_prefix(data: bytes, expected: Kind) -> tuple[dict[str, Any], int]:
     raw = data[_FIXED.size : _FIXED.size + hlen]
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        canonical = isinstance(header, dict) and canonical_json(header) == bytes(raw)
+    except (UnicodeError, ValueError, RecursionError) as exc:
         raise CryptoError("crypto.malformed", "envelope header is not JSON") from exc
-    if not isinstance(header, dict) or canonical_json(header) != bytes(raw):
+    if not canonical:
         raise CryptoError("crypto.malformed", "envelope header is not a canonical JSON object")
     return header, _FIXED.size + hlen
 

@@ -89,7 +89,7 @@ def seal_request(
     """
     _check_id("op", op)
     _check_id("model", model)
-    rid = request_id or uuid.uuid4().hex
+    rid = uuid.uuid4().hex if request_id is None else request_id
     _check_id("request_id", rid)
     header = RequestHeader(
         op=op,

@@ -64,10 +64,12 @@ def decode_frame(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
         raise EnclaveError("enclave.protocol", "frame header length out of bounds")
     try:
         header = json.loads(payload[_HEAD.size : _HEAD.size + hlen])
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise EnclaveError("enclave.protocol", "frame header is not JSON") from exc
     sizes = header.get("parts") if isinstance(header, dict) else None
-    if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
+    if not isinstance(sizes, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes
+    ):
         raise EnclaveError("enclave.protocol", "frame header lacks a valid parts list")
     offset = _HEAD.size + hlen
     if offset + sum(sizes) != len(payload):
@@ -81,9 +83,13 @@ def decode_frame(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
 
 def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], list[bytes]] | None:
     """Read one frame; return None on a clean end of stream, raise ``enclave.protocol`` otherwise."""
-    raw_len = _read_exact(stream, _LEN.size)
-    if raw_len is None:
+    first = stream.read(1)
+    if not first:
         return None
+    rest = _read_exact(stream, _LEN.size - 1)
+    if rest is None:
+        raise EnclaveError("enclave.protocol", "stream ended inside a frame length")
+    raw_len = first + rest
     (size,) = _LEN.unpack(raw_len)
     if size > MAX_FRAME:
         raise EnclaveError("enclave.protocol", "frame exceeds the maximum size")

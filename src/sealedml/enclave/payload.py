@@ -9,6 +9,7 @@ before anything is allocated from it.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -19,6 +20,8 @@ from sealedml.errors import InputError
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i8", "<i4", "|b1"})
 _LEN = struct.Struct(">I")
 MAX_META = 4 * 1024 * 1024
+MAX_DIMS = 4
+MAX_DIM_SIZE = 2**40
 
 
 def pack(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
@@ -26,7 +29,9 @@ def pack(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     listing = []
     blobs = []
     for name, array in arrays.items():
-        arr = np.ascontiguousarray(array)
+        arr = np.asarray(array, order="C")
+        if arr.ndim > MAX_DIMS:
+            raise ValueError(f"array {name!r} has more than {MAX_DIMS} dimensions")
         dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
         code = dtype.str
         if code not in ALLOWED_DTYPES:
@@ -48,7 +53,7 @@ def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise InputError("input.malformed", "payload metadata length is out of bounds")
     try:
         meta = json.loads(data[_LEN.size : _LEN.size + size])
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError("input.malformed", "payload metadata is not JSON") from exc
     listing = meta.get("arrays") if isinstance(meta, dict) else None
     if not isinstance(listing, list):
@@ -61,14 +66,17 @@ def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         name, code, shape = item.get("name"), item.get("dtype"), item.get("shape")
         if (
             not isinstance(name, str)
+            or not isinstance(code, str)
             or code not in ALLOWED_DTYPES
             or not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            or len(shape) > 4
+            or len(shape) > MAX_DIMS
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DIM_SIZE for d in shape
+            )
         ):
             raise InputError("input.malformed", "payload array entry is invalid")
         dtype = np.dtype(code)
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # Python integers: no wrap-around
         nbytes = count * dtype.itemsize
         if offset + nbytes > len(data):
             raise InputError("input.malformed", f"payload array {name!r} is truncated")
