@@ -72,8 +72,10 @@ def serve_plain(model_path: Path, port: int) -> None:
         body = await request.body()
         rows = np.frombuffer(body, dtype=np.float32).reshape(-1, width)
         label, scores = await run_in_threadpool(session.run, None, {name: rows})
-        return Response(label.astype(np.int64).tobytes() + scores.astype(np.float32).tobytes(),
-                        media_type="application/octet-stream")
+        return Response(
+            label.astype(np.int64).tobytes() + scores.astype(np.float32).tobytes(),
+            media_type="application/octet-stream",
+        )
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -144,9 +146,23 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     plain_port, sml_port = _free_port(), _free_port()
     procs = [
-        subprocess.Popen([sys.executable, __file__, "--serve-plain", str(model_path), str(plain_port)], env=env),
-        subprocess.Popen([sys.executable, "-m", "sealedml.cli", "serve", "--data-dir", str(workdir / "sml"),
-                          "--port", str(sml_port)], env=env, stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            [sys.executable, __file__, "--serve-plain", str(model_path), str(plain_port)], env=env
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sealedml.cli",
+                "serve",
+                "--data-dir",
+                str(workdir / "sml"),
+                "--port",
+                str(sml_port),
+            ],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        ),
     ]
     plain_url, sml_url = f"http://127.0.0.1:{plain_port}", f"http://127.0.0.1:{sml_port}"
     try:
@@ -158,8 +174,13 @@ def main() -> None:
             owner = admin.create_account("bench-owner", "data_owner")
         with SealedMLClient(sml_url) as anon:
             root = hashlib.sha256(anon.fetch_evidence(os.urandom(32)).certificates[-1]).hexdigest()
-        policy = AppraisalPolicy(allow_simulated=True, reference_measurements=(compute_measurement(),),
-                                 max_evidence_age_seconds=3600, allow_debug=False, simulated_roots=(root,))
+        policy = AppraisalPolicy(
+            allow_simulated=True,
+            reference_measurements=(compute_measurement(),),
+            max_evidence_age_seconds=3600,
+            allow_debug=False,
+            simulated_roots=(root,),
+        )
         with SealedMLClient(sml_url, provider["token"], policy=policy) as prov:
             model_id = prov.publish_model("bench-model", prepared).model.id
 
@@ -173,24 +194,30 @@ def main() -> None:
 
             def call(i: int) -> None:
                 plain_clients[i].post("/predict", content=payload).raise_for_status()
+
             return call
 
         def sml_call(rows: np.ndarray) -> Callable[[int], None]:
             def call(i: int) -> None:
                 sml_clients[i].predict(model_id, rows)
+
             return call
 
         results: dict[str, dict[str, float]] = {}
-        for name, factory in (("plain", plain_call), ("sealedml", sml_call)):
+        for factory in (plain_call, sml_call):
             run_load(factory(single), clients=4, requests=50)  # warm-up
         for clients in (1, 16):
             for name, factory in (("plain", plain_call), ("sealedml", sml_call)):
-                results[f"{name}_c{clients}"] = run_load(factory(single), clients=clients, requests=args.requests)
+                results[f"{name}_c{clients}"] = run_load(
+                    factory(single), clients=clients, requests=args.requests
+                )
 
         # 10,000-row batch: rows/s, best of 5.
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        session = ort.InferenceSession(prepared.onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            prepared.onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+        )
         iname = session.get_inputs()[0].name
 
         def best(fn: Callable[[], object], repeat: int = 5) -> float:
@@ -214,25 +241,39 @@ def main() -> None:
         for p in procs:
             p.wait(timeout=30)
 
-    report = {"model_features": width, "requests_per_level": args.requests, "levels": results,
-              "batch_rows": args.batch_rows,
-              "batch_rows_per_s": {"onnxruntime": args.batch_rows / batch_plain_ort,
-                                   "plain_http": args.batch_rows / batch_plain_http,
-                                   "sealedml": args.batch_rows / batch_sml}}
+    report = {
+        "model_features": width,
+        "requests_per_level": args.requests,
+        "levels": results,
+        "batch_rows": args.batch_rows,
+        "batch_rows_per_s": {
+            "onnxruntime": args.batch_rows / batch_plain_ort,
+            "plain_http": args.batch_rows / batch_plain_http,
+            "sealedml": args.batch_rows / batch_sml,
+        },
+    }
     print(f"{'clients':>7} {'server':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
     for clients in (1, 16):
         for name in ("plain", "sealedml"):
             r = results[f"{name}_c{clients}"]
             print(f"{clients:>7} {name:>9} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>8.1f}")
         p, s = results[f"plain_c{clients}"], results[f"sealedml_c{clients}"]
-        ratios = {"p50": s["p50_ms"] / p["p50_ms"], "p99": s["p99_ms"] / p["p99_ms"], "rps": s["rps"] / p["rps"]}
+        ratios = {
+            "p50": s["p50_ms"] / p["p50_ms"],
+            "p99": s["p99_ms"] / p["p99_ms"],
+            "rps": s["rps"] / p["rps"],
+        }
         report[f"ratios_c{clients}"] = ratios
-        print(f"{clients:>7} {'ratio':>9} {ratios['p50']:>7.2f}x {ratios['p99']:>7.2f}x {ratios['rps']:>7.2f}x"
-              "   (SealedML / plain)")
+        print(
+            f"{clients:>7} {'ratio':>9} {ratios['p50']:>7.2f}x {ratios['p99']:>7.2f}x {ratios['rps']:>7.2f}x"
+            "   (SealedML / plain)"
+        )
     b = report["batch_rows_per_s"]
-    print(f"\n{args.batch_rows}-row batch, rows/s: onnxruntime {b['onnxruntime']:,.0f}  plain HTTP "
-          f"{b['plain_http']:,.0f}  SealedML {b['sealedml']:,.0f}  -> SealedML/onnxruntime "
-          f"{b['sealedml'] / b['onnxruntime']:.2f}x, SealedML/plain HTTP {b['sealedml'] / b['plain_http']:.2f}x")
+    print(
+        f"\n{args.batch_rows}-row batch, rows/s: onnxruntime {b['onnxruntime']:,.0f}  plain HTTP "
+        f"{b['plain_http']:,.0f}  SealedML {b['sealedml']:,.0f}  -> SealedML/onnxruntime "
+        f"{b['sealedml'] / b['onnxruntime']:.2f}x, SealedML/plain HTTP {b['sealedml'] / b['plain_http']:.2f}x"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -155,9 +155,9 @@ def _run(action: Callable[[], T]) -> T:
 
 @app.command()
 def serve(
-    data_dir: Annotated[Path, typer.Option(envvar="SEALEDML_DATA_DIR", help="Blobs, database, platform keys.")] = Path(
-        "sealedml-data"
-    ),
+    data_dir: Annotated[
+        Path, typer.Option(envvar="SEALEDML_DATA_DIR", help="Blobs, database, platform keys.")
+    ] = Path("sealedml-data"),
     db: Annotated[
         str | None, typer.Option(envvar="SEALEDML_DB", help="SQLAlchemy URL (default: SQLite in data dir).")
     ] = None,
@@ -178,10 +178,13 @@ def serve(
         max_model_bytes=max_model_mb * 1024 * 1024,
         max_request_bytes=max_request_mb * 1024 * 1024,
     )
-    err.print(Panel(
-        "Enclave backend: [bold yellow]SIMULATED TEE[/] — no protection from this host. "
-        "Clients must opt in with allow_simulated = true.", border_style="yellow",
-    ))
+    err.print(
+        Panel(
+            "Enclave backend: [bold yellow]SIMULATED TEE[/] — no protection from this host. "
+            "Clients must opt in with allow_simulated = true.",
+            border_style="yellow",
+        )
+    )
     _run(lambda: run_platform(settings))
 
 
@@ -251,10 +254,12 @@ def policy_init(
             with _client(url, None) as client:
                 bundle = client.fetch_evidence(os.urandom(32))
             roots = [hashlib.sha256(bundle.certificates[-1]).hexdigest()]
-            err.print(Panel(
-                f"Pinned the simulated root {roots[0][:16]}… presented by {url} (trust on first use).",
-                border_style="yellow",
-            ))
+            err.print(
+                Panel(
+                    f"Pinned the simulated root {roots[0][:16]}… presented by {url} (trust on first use).",
+                    border_style="yellow",
+                )
+            )
         policy = AppraisalPolicy(
             allow_simulated=allow_simulated,
             reference_measurements=(compute_measurement(),),
@@ -308,9 +313,13 @@ def model_publish(
     label_column: Annotated[
         str | None, typer.Option(help="Drop this column from --columns-from (the label).")
     ] = None,
-    output_policy: Annotated[OutputMode, typer.Option(help="What clients get back.")] = OutputMode.probabilities,
+    output_policy: Annotated[
+        OutputMode, typer.Option(help="What clients get back.")
+    ] = OutputMode.probabilities,
     decimals: Annotated[int, typer.Option(help="Decimals kept by --output-policy rounded.")] = 2,
-    query_budget: Annotated[int | None, typer.Option(help="Rows each client may score (extraction guard).")] = None,
+    query_budget: Annotated[
+        int | None, typer.Option(help="Rows each client may score (extraction guard).")
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     policy: PolicyOpt = DEFAULT_POLICY,
@@ -344,16 +353,30 @@ def model_publish(
         key_path = key_dir / f"{published.model.id}.key.json"
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            json.dump({"model_id": published.model.id, "name": published.model.name,
-                       "model_key": published.model_key.hex(), "model_sha256": published.model_sha256}, handle)
-        summary = {"id": published.model.id, "name": published.model.name, "status": published.model.status,
-                   "model_sha256": published.model_sha256, "input_columns": list(published.model.input_columns),
-                   "key_file": str(key_path)}
+            json.dump(
+                {
+                    "model_id": published.model.id,
+                    "name": published.model.name,
+                    "model_key": published.model_key.hex(),
+                    "model_sha256": published.model_sha256,
+                },
+                handle,
+            )
+        summary = {
+            "id": published.model.id,
+            "name": published.model.name,
+            "status": published.model.status,
+            "model_sha256": published.model_sha256,
+            "input_columns": list(published.model.input_columns),
+            "key_file": str(key_path),
+        }
         if as_json:
             _print_json(summary)
         else:
-            err.print(f"[bold green]published[/] {published.model.name} ({published.model.id}), "
-                      f"{len(prepared.input_columns)} input columns; model key saved to {key_path}")
+            err.print(
+                f"[bold green]published[/] {published.model.name} ({published.model.id}), "
+                f"{len(prepared.input_columns)} input columns; model key saved to {key_path}"
+            )
 
     _run(action)
 
@@ -372,8 +395,14 @@ def model_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonO
         for col in ("name", "id", "status", "inputs", "output policy", "description"):
             table.add_column(col)
         for m in models:
-            table.add_row(m.name, m.id, m.status, str(len(m.input_columns)),
-                          str(m.output_policy.get("mode", "")), m.description)
+            table.add_row(
+                m.name,
+                m.id,
+                m.status,
+                str(len(m.input_columns)),
+                str(m.output_policy.get("mode", "")),
+                m.description,
+            )
         err.print(table)
 
     _run(action)
@@ -411,13 +440,20 @@ def predict(
             if receipts is not None:
                 receipts.mkdir(parents=True, exist_ok=True)
             records: list[dict[str, Any]] = []
-            with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=err, transient=True) as bar:
+            with Progress(
+                TextColumn("scoring"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            ) as bar:
                 task = bar.add_task("rows", total=total)
                 first = True
                 jobs = 0
-                for pred in client.predict_file(model, data, batch_rows=batch_rows,
-                                                progress=lambda n: bar.advance(task, n)):
+                for pred in client.predict_file(
+                    model, data, batch_rows=batch_rows, progress=lambda n: bar.advance(task, n)
+                ):
                     jobs += 1
                     if receipts is not None:
                         (receipts / f"{pred.job_id}.receipt.json").write_text(pred.receipt.to_json())
@@ -428,8 +464,10 @@ def predict(
                     first = False
         if output is None:
             _print_json(records)
-        err.print(f"[bold green]done[/]: {jobs} sealed request(s), every receipt verified"
-                  + (f"; predictions in {output}" if output else ""))
+        err.print(
+            f"[bold green]done[/]: {jobs} sealed request(s), every receipt verified"
+            + (f"; predictions in {output}" if output else "")
+        )
 
     _run(action)
 
@@ -448,8 +486,13 @@ def jobs(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = F
         for col in ("id", "model", "status", "rows", "created"):
             table.add_column(col)
         for job in listing:
-            table.add_row(str(job.get("id")), str(job.get("model_id")), str(job.get("status")),
-                          str(job.get("rows")), str(job.get("created_at")))
+            table.add_row(
+                str(job.get("id")),
+                str(job.get("model_id")),
+                str(job.get("status")),
+                str(job.get("rows")),
+                str(job.get("created_at")),
+            )
         err.print(table)
 
     _run(action)

@@ -130,8 +130,14 @@ def run_demo(console: Console, data_dir: Path | None = None) -> None:
         for i in range(min(12, len(labels))):
             p = probs[i] if probs is not None else (float("nan"), float("nan"))
             ok = "[green]✓[/]" if labels[i] == truth[i] else "[red]✗[/]"
-            table.add_row(str(test_x.index[i]), names[int(truth[i])], names[int(labels[i])],
-                          f"{p[0]:.3f}", f"{p[1]:.3f}", ok)
+            table.add_row(
+                str(test_x.index[i]),
+                names[int(truth[i])],
+                names[int(labels[i])],
+                f"{p[0]:.3f}",
+                f"{p[1]:.3f}",
+                ok,
+            )
         console.print(table)
         console.print(
             f"accuracy on {len(labels)} held-out rows: [bold]{accuracy:.3f}[/] "
@@ -143,7 +149,10 @@ def run_demo(console: Console, data_dir: Path | None = None) -> None:
             f"receipt verified: signed by enclave key {verified.signing_public_key.hex()[:16]}… bound to "
             f"measurement {verified.claims.measurement[:16]}…"
         )
-    console.print(Panel(
-        f"done in {time.perf_counter() - started:.1f} s — the platform stored and relayed only ciphertext",
-        border_style="green",
-    ))
+    console.print(
+        Panel(
+            f"done in {time.perf_counter() - started:.1f} s — "
+            "the platform stored and relayed only ciphertext",
+            border_style="green",
+        )
+    )

@@ -131,6 +131,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "crypto.malformed": 400,
     "crypto.unsupported_version": 400,
     "crypto.signature_invalid": 400,
+    "attestation.malformed": 400,
     "request.replayed": 409,
     "request.expired": 409,
     "request.wrong_recipient": 409,
@@ -138,16 +139,20 @@ STATUS_BY_CODE: dict[str, int] = {
     "input.too_large": 413,
     "input.malformed": 400,
     "input.schema_mismatch": 422,
+    "input.conflict": 409,
+    "input.method_not_allowed": 405,
     "model.invalid_onnx": 422,
     "model.not_provisioned": 409,
     "model.budget_exhausted": 429,
     "model.key_mismatch": 422,
+    "model.not_uploaded": 409,
     "auth.missing_token": 401,
     "auth.invalid_token": 401,
     "auth.forbidden": 403,
     "not_found.model": 404,
     "not_found.job": 404,
     "not_found.account": 404,
+    "not_found.route": 404,
     "enclave.unavailable": 503,
     "enclave.protocol": 502,
     "enclave.internal": 500,
@@ -166,11 +171,28 @@ HINTS: dict[str, str] = {
     ),
     "attestation.nonce_mismatch": "the evidence answers another challenge: it is stale or replayed",
     "attestation.expired": "the evidence is older than max_evidence_age_seconds: attest again",
+    "attestation.not_yet_valid": "the evidence is dated in the future: check the client and platform clocks",
+    "attestation.untrusted_root": (
+        "the evidence chains to a root you have not pinned; for the simulated TEE, pin the SHA-256 of "
+        "the platform's root-ca.pem (DER) in simulated_roots"
+    ),
+    "attestation.certificate_expired": (
+        "a certificate in the evidence chain is outside its validity window: check the clocks, or "
+        "renew the platform certificates"
+    ),
+    "attestation.report_data_mismatch": (
+        "the public keys served are not the ones the enclave attested: do not use them (the host may "
+        "be interposing)"
+    ),
+    "attestation.debug_not_allowed": (
+        "a debug enclave's memory is readable by the host; set allow_debug = true only for development"
+    ),
     "request.replayed": "each sealed request may be used once; the SDK makes a fresh one per call",
     "request.wrong_recipient": "the enclave restarted with a new key: attest again and resend",
     "input.too_large": "split the input into smaller batches",
     "input.schema_mismatch": "the columns must match the model's published input schema",
     "model.not_provisioned": "the provider must provision the model key to the attested enclave",
+    "model.not_uploaded": "upload the encrypted model (PUT /v1/models/{id}/blob) before provisioning",
     "auth.missing_token": "pass --token or set SEALEDML_TOKEN",
     "enclave.unavailable": "the enclave process is not running; check the server log",
 }

@@ -76,7 +76,9 @@ def cancer() -> CancerData:
     frame = load_breast_cancer(as_frame=True).frame
     train, test = train_test_split(frame, test_size=0.2, random_state=3, stratify=frame["target"])
     features = [c for c in frame.columns if c != "target"]
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train[features], train["target"])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(
+        train[features], train["target"]
+    )
     return CancerData(train, test, features, from_estimator(model))
 
 

@@ -60,8 +60,24 @@ def test_publish_predict_and_verify_receipts(env, cancer, tmp_path: Path) -> Non
     data = tmp_path / "patients.csv"
     cancer.test.to_csv(data, index=False)
 
-    result = invoke(["model", "publish", str(pickled), "--name", env["NAME"], "--columns-from", str(data),
-                     "--label-column", "target", "--output-policy", "label", "--json"], env, env["PROVIDER"])
+    result = invoke(
+        [
+            "model",
+            "publish",
+            str(pickled),
+            "--name",
+            env["NAME"],
+            "--columns-from",
+            str(data),
+            "--label-column",
+            "target",
+            "--output-policy",
+            "label",
+            "--json",
+        ],
+        env,
+        env["PROVIDER"],
+    )
     assert result.exit_code == 0, result.output
     published = json.loads(result.stdout)
     assert published["input_columns"] == cancer.features
@@ -69,8 +85,22 @@ def test_publish_predict_and_verify_receipts(env, cancer, tmp_path: Path) -> Non
 
     receipts = tmp_path / "receipts"
     out = tmp_path / "predictions.csv"
-    result = invoke(["predict", str(data), "--model", env["NAME"], "--output", str(out), "--receipts",
-                     str(receipts), "--batch-rows", "50"], env, env["OWNER"])
+    result = invoke(
+        [
+            "predict",
+            str(data),
+            "--model",
+            env["NAME"],
+            "--output",
+            str(out),
+            "--receipts",
+            str(receipts),
+            "--batch-rows",
+            "50",
+        ],
+        env,
+        env["OWNER"],
+    )
     assert result.exit_code == 0, result.output
     predictions = pd.read_csv(out)
     assert len(predictions) == len(cancer.test)

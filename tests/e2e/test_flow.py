@@ -16,7 +16,6 @@ from sealedml.client import ReceiptBundle, from_estimator
 from sealedml.errors import ModelError
 
 
-
 def test_full_flow_publish_attest_predict_verify(platform, cancer, unique) -> None:
     provider = platform.account(unique("provider"), "provider")
     owner = platform.account(unique("hospital"), "data_owner")
@@ -27,7 +26,9 @@ def test_full_flow_publish_attest_predict_verify(platform, cancer, unique) -> No
 
     with platform.client(owner) as client:
         result = client.attest()
-        assert result.claims.simulated and result.claims.measurement == platform.policy.reference_measurements[0]
+        assert (
+            result.claims.simulated and result.claims.measurement == platform.policy.reference_measurements[0]
+        )
         prediction = client.predict(published.model.id, cancer.test)
         jobs = client.list_jobs()
     truth = cancer.test["target"].to_numpy()
@@ -64,7 +65,9 @@ def test_output_policy_label_only_and_rounded(platform, cancer, unique) -> None:
     provider = platform.account(unique("provider"), "provider")
     owner = platform.account(unique("hospital"), "data_owner")
     with platform.client(provider) as prov:
-        label_only = prov.publish_model(unique("lbl"), cancer.prepared, output_policy={"mode": "label"}).model.id
+        label_only = prov.publish_model(
+            unique("lbl"), cancer.prepared, output_policy={"mode": "label"}
+        ).model.id
         rounded = prov.publish_model(
             unique("rnd"), cancer.prepared, output_policy={"mode": "rounded", "decimals": 1}
         ).model.id
@@ -112,7 +115,9 @@ def test_platform_stores_no_plaintext(tmp_path: Path, cancer, new_platform) -> N
 
     stored = b"".join(p.read_bytes() for p in sorted((tmp_path / "data").rglob("*")) if p.is_file())
     inputs = rows[cancer.features].to_numpy(np.float32).tobytes()
-    outputs = prediction.probabilities.astype(np.float32).tobytes() + prediction.labels.astype(np.int64).tobytes()
+    outputs = (
+        prediction.probabilities.astype(np.float32).tobytes() + prediction.labels.astype(np.int64).tobytes()
+    )
     onnx_model = onnx.load_from_string(cancer.prepared.onnx_bytes)
     weights = b"".join(numpy_helper.to_array(t).tobytes() for t in onnx_model.graph.initializer)
     # skl2onnx keeps scaler and linear coefficients in node attributes.

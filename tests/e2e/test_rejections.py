@@ -28,12 +28,15 @@ def stored_state(data_dir: Path) -> tuple[object, ...]:
     """Everything the platform keeps about models and jobs: rows and blob digests."""
     with sqlite3.connect(data_dir / "sealedml.db") as db:
         tables = tuple(
-            tuple(sorted(map(repr, db.execute(f"SELECT * FROM {t}").fetchall())))  # noqa: S608
+            tuple(sorted(map(repr, db.execute(f"SELECT * FROM {t}").fetchall())))
             for t in ("models", "jobs", "model_usage")
         )
     blobs = tuple(
-        sorted((str(p.relative_to(data_dir)), hashlib.sha256(p.read_bytes()).hexdigest())
-               for p in (data_dir / "blobs").rglob("*") if p.is_file())
+        sorted(
+            (str(p.relative_to(data_dir)), hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in (data_dir / "blobs").rglob("*")
+            if p.is_file()
+        )
     )
     return tables, blobs
 
@@ -79,7 +82,9 @@ def api_error(response: httpx.Response) -> str:
 
 
 def test_tampered_request_ciphertext(platform, world, cancer) -> None:
-    sealed = sealed_predict(platform, world["model"].id, cancer.features, cancer.test[cancer.features].to_numpy()[:3])
+    sealed = sealed_predict(
+        platform, world["model"].id, cancer.features, cancer.test[cancer.features].to_numpy()[:3]
+    )
     tampered = bytearray(sealed.envelope)
     tampered[-20] ^= 0x01
     before = stored_state(platform.data_dir)
@@ -89,10 +94,14 @@ def test_tampered_request_ciphertext(platform, world, cancer) -> None:
 
 
 def test_truncated_request_ciphertext(platform, world, cancer) -> None:
-    sealed = sealed_predict(platform, world["model"].id, cancer.features, cancer.test[cancer.features].to_numpy()[:3])
+    sealed = sealed_predict(
+        platform, world["model"].id, cancer.features, cancer.test[cancer.features].to_numpy()[:3]
+    )
     before = stored_state(platform.data_dir)
     for cut in (len(sealed.envelope) - 1, len(sealed.envelope) // 2, 6):
-        response = raw_post(platform, world["owner"], f"/v1/models/{world['model'].id}/predict", sealed.envelope[:cut])
+        response = raw_post(
+            platform, world["owner"], f"/v1/models/{world['model'].id}/predict", sealed.envelope[:cut]
+        )
         assert response.status_code == 400
         assert api_error(response) in ("crypto.auth_failed", "crypto.malformed")
     assert stored_state(platform.data_dir) == before
@@ -104,12 +113,16 @@ def test_truncated_model_ciphertext_is_refused_at_provisioning(platform, cancer,
     blob = encrypt_bytes(key, cancer.prepared.onnx_bytes, content_type="model/onnx", chunk_size=1024)
     truncated = blob[: len(blob) - (len(blob) % 1040 or 1040)]  # cut at a chunk boundary
     with platform.client(provider) as prov:
-        model = prov._json("POST", "/v1/models", json={"name": unique("trunc"), "input_columns": cancer.features})
+        model = prov._json(
+            "POST", "/v1/models", json={"name": unique("trunc"), "input_columns": cancer.features}
+        )
         prov._request("PUT", f"/v1/models/{model['id']}/blob", content=truncated)
         expect(
             "crypto.auth_failed",
             lambda: prov.provision_model(
-                model["id"], key, blob_sha256=hashlib.sha256(truncated).hexdigest(),
+                model["id"],
+                key,
+                blob_sha256=hashlib.sha256(truncated).hexdigest(),
                 model_sha256=hashlib.sha256(cancer.prepared.onnx_bytes).hexdigest(),
                 input_columns=cancer.features,
             ),
@@ -122,13 +135,18 @@ def test_wrong_model_key_is_refused(platform, cancer, unique) -> None:
     provider = platform.account(unique("provider"), "provider")
     blob = encrypt_bytes(new_data_key(), cancer.prepared.onnx_bytes, content_type="model/onnx")
     with platform.client(provider) as prov:
-        model = prov._json("POST", "/v1/models", json={"name": unique("wrongkey"), "input_columns": cancer.features})
+        model = prov._json(
+            "POST", "/v1/models", json={"name": unique("wrongkey"), "input_columns": cancer.features}
+        )
         prov._request("PUT", f"/v1/models/{model['id']}/blob", content=blob)
         expect(
             "crypto.auth_failed",
             lambda: prov.provision_model(
-                model["id"], new_data_key(), blob_sha256=hashlib.sha256(blob).hexdigest(),
-                model_sha256="0" * 64, input_columns=cancer.features,
+                model["id"],
+                new_data_key(),
+                blob_sha256=hashlib.sha256(blob).hexdigest(),
+                model_sha256="0" * 64,
+                input_columns=cancer.features,
             ),
             platform.data_dir,
         )
@@ -144,7 +162,10 @@ def test_malformed_onnx_is_refused(platform, cancer, unique) -> None:
         expect(
             "model.invalid_onnx",
             lambda: prov.provision_model(
-                model["id"], key, blob_sha256=hashlib.sha256(blob).hexdigest(), model_sha256="0" * 64,
+                model["id"],
+                key,
+                blob_sha256=hashlib.sha256(blob).hexdigest(),
+                model_sha256="0" * 64,
                 input_columns=["a", "b"],
             ),
             platform.data_dir,
@@ -158,10 +179,14 @@ def test_malformed_onnx_is_refused(platform, cancer, unique) -> None:
 def test_blob_that_is_not_an_envelope(platform, cancer, unique) -> None:
     provider = platform.account(unique("provider"), "provider")
     with platform.client(provider) as prov:
-        model = prov._json("POST", "/v1/models", json={"name": unique("plain"), "input_columns": cancer.features})
+        model = prov._json(
+            "POST", "/v1/models", json={"name": unique("plain"), "input_columns": cancer.features}
+        )
         expect(
             "crypto.malformed",
-            lambda: prov._request("PUT", f"/v1/models/{model['id']}/blob", content=cancer.prepared.onnx_bytes),
+            lambda: prov._request(
+                "PUT", f"/v1/models/{model['id']}/blob", content=cancer.prepared.onnx_bytes
+            ),
             platform.data_dir,
         )
 
@@ -170,7 +195,9 @@ def test_blob_that_is_not_an_envelope(platform, cancer, unique) -> None:
 
 
 def test_replayed_request(platform, world, cancer) -> None:
-    sealed = sealed_predict(platform, world["model"].id, cancer.features, cancer.test[cancer.features].to_numpy()[:3])
+    sealed = sealed_predict(
+        platform, world["model"].id, cancer.features, cancer.test[cancer.features].to_numpy()[:3]
+    )
     path = f"/v1/models/{world['model'].id}/predict"
     assert raw_post(platform, world["owner"], path, sealed.envelope).status_code == 200
     before = stored_state(platform.data_dir)
@@ -180,16 +207,25 @@ def test_replayed_request(platform, world, cancer) -> None:
 
 
 def test_request_for_another_model_is_refused(platform, world, cancer) -> None:
-    sealed = sealed_predict(platform, "some-other-model", cancer.features, cancer.test[cancer.features].to_numpy()[:3])
+    sealed = sealed_predict(
+        platform, "some-other-model", cancer.features, cancer.test[cancer.features].to_numpy()[:3]
+    )
     response = raw_post(platform, world["owner"], f"/v1/models/{world['model'].id}/predict", sealed.envelope)
     assert (response.status_code, api_error(response)) == (400, "request.invalid")
 
 
 def test_stale_request_is_refused(platform, world, cancer) -> None:
     info = httpx.get(platform.url + "/v1/enclave").json()
-    body = payload.pack({"columns": cancer.features}, {"features": cancer.test[cancer.features].to_numpy(np.float32)[:2]})
-    sealed = seal_request(enclave_public_key=bytes.fromhex(info["hpke_public_key"]), op="predict",
-                          model=world["model"].id, payload=body, now=int(datetime.now(UTC).timestamp()) - 3600)
+    body = payload.pack(
+        {"columns": cancer.features}, {"features": cancer.test[cancer.features].to_numpy(np.float32)[:2]}
+    )
+    sealed = seal_request(
+        enclave_public_key=bytes.fromhex(info["hpke_public_key"]),
+        op="predict",
+        model=world["model"].id,
+        payload=body,
+        now=int(datetime.now(UTC).timestamp()) - 3600,
+    )
     before = stored_state(platform.data_dir)
     response = raw_post(platform, world["owner"], f"/v1/models/{world['model'].id}/predict", sealed.envelope)
     assert (response.status_code, api_error(response)) == (409, "request.expired")
@@ -201,8 +237,12 @@ def test_stale_request_is_refused(platform, world, cancer) -> None:
 
 def _policy(platform, **changes) -> AppraisalPolicy:
     base = platform.policy
-    fields = {"allow_simulated": base.allow_simulated, "reference_measurements": base.reference_measurements,
-              "max_evidence_age_seconds": base.max_evidence_age_seconds, "simulated_roots": base.simulated_roots}
+    fields = {
+        "allow_simulated": base.allow_simulated,
+        "reference_measurements": base.reference_measurements,
+        "max_evidence_age_seconds": base.max_evidence_age_seconds,
+        "simulated_roots": base.simulated_roots,
+    }
     fields.update(changes)
     return AppraisalPolicy(**fields)
 
@@ -253,7 +293,11 @@ def test_csv_columns_do_not_match(platform, world, cancer, tmp_path: Path) -> No
     path = tmp_path / "patients.csv"
     frame.to_csv(path, index=False)
     with platform.client(world["owner"]) as client:
-        expect("input.schema_mismatch", lambda: list(client.predict_file(world["model"].id, path)), platform.data_dir)
+        expect(
+            "input.schema_mismatch",
+            lambda: list(client.predict_file(world["model"].id, path)),
+            platform.data_dir,
+        )
 
 
 def test_enclave_checks_columns_itself(platform, world, cancer) -> None:
@@ -291,9 +335,15 @@ def test_missing_and_wrong_token(platform, world) -> None:
 
 def test_roles_are_enforced(platform, world, cancer) -> None:
     with platform.client(world["owner"]) as owner:
-        expect("auth.forbidden", lambda: owner.publish_model("owner-model", cancer.prepared), platform.data_dir)
-    sealed = sealed_predict(platform, world["model"].id, cancer.features, cancer.test[cancer.features].to_numpy()[:2])
-    response = raw_post(platform, world["provider"], f"/v1/models/{world['model'].id}/predict", sealed.envelope)
+        expect(
+            "auth.forbidden", lambda: owner.publish_model("owner-model", cancer.prepared), platform.data_dir
+        )
+    sealed = sealed_predict(
+        platform, world["model"].id, cancer.features, cancer.test[cancer.features].to_numpy()[:2]
+    )
+    response = raw_post(
+        platform, world["provider"], f"/v1/models/{world['model'].id}/predict", sealed.envelope
+    )
     assert (response.status_code, api_error(response)) == (403, "auth.forbidden")
 
 
@@ -302,13 +352,23 @@ def test_provider_cannot_touch_another_providers_model(platform, world, cancer, 
     model_id = world["model"].id
     blob = encrypt_bytes(new_data_key(), cancer.prepared.onnx_bytes, content_type="model/onnx")
     with platform.client(intruder) as client:
-        expect("auth.forbidden", lambda: client._request("PUT", f"/v1/models/{model_id}/blob", content=blob),
-               platform.data_dir)
-        expect("auth.forbidden", lambda: client._request("DELETE", f"/v1/models/{model_id}"), platform.data_dir)
         expect(
             "auth.forbidden",
-            lambda: client.provision_model(model_id, new_data_key(), blob_sha256="0" * 64, model_sha256="0" * 64,
-                                           input_columns=cancer.features),
+            lambda: client._request("PUT", f"/v1/models/{model_id}/blob", content=blob),
+            platform.data_dir,
+        )
+        expect(
+            "auth.forbidden", lambda: client._request("DELETE", f"/v1/models/{model_id}"), platform.data_dir
+        )
+        expect(
+            "auth.forbidden",
+            lambda: client.provision_model(
+                model_id,
+                new_data_key(),
+                blob_sha256="0" * 64,
+                model_sha256="0" * 64,
+                input_columns=cancer.features,
+            ),
             platform.data_dir,
         )
 
@@ -317,7 +377,9 @@ def test_data_owner_cannot_read_another_owners_results(platform, world, unique) 
     other = platform.account(unique("other-hospital"), "data_owner")
     with platform.client(other) as client:
         expect("not_found.job", lambda: client.get_job(world["job"]), platform.data_dir)
-        expect("not_found.job", lambda: client._json("GET", f"/v1/jobs/{world['job']}/result"), platform.data_dir)
+        expect(
+            "not_found.job", lambda: client._json("GET", f"/v1/jobs/{world['job']}/result"), platform.data_dir
+        )
         assert client.list_jobs() == []
     with platform.client(world["owner"]) as owner:
         assert owner.get_job(world["job"])["id"] == world["job"]

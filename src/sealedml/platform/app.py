@@ -1,0 +1,448 @@
+"""The platform's HTTP API (FastAPI): an untrusted relay of ciphertext between clients and the enclave.
+
+The service authenticates callers, keeps the catalog, stores encrypted blobs and relays sealed
+requests. It never decrypts anything and never logs a request or response body. Every error
+leaves as ``{"error": {"code", "message"}}`` with the status that fits the code.
+"""
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sealedml import __version__
+from sealedml.errors import InputError, SealedMLError
+from sealedml.platform.auth import Authenticator, Principal, bearer_token, ensure_admin
+from sealedml.platform.catalog import Catalog, JobRecord, ModelRecord
+from sealedml.platform.db import Database
+from sealedml.platform.enclave_manager import EnclaveSupervisor, Relauncher
+from sealedml.platform.schemas import (
+    AccountCreate,
+    AccountCreated,
+    AccountOut,
+    EnclaveInfoOut,
+    ErrorBody,
+    Health,
+    JobOut,
+    JobResultOut,
+    ModelCreate,
+    ModelOut,
+    PredictOut,
+    ProvisionOut,
+)
+from sealedml.platform.service import PlatformService
+from sealedml.platform.settings import Settings
+from sealedml.platform.storage import BlobStore
+
+if TYPE_CHECKING:
+    from sealedml.tee.client import EnclaveClient
+
+log = logging.getLogger(__name__)
+
+MIN_NONCE_BYTES = 16
+MAX_NONCE_BYTES = 64
+
+TAGS: list[dict[str, Any]] = [
+    {"name": "system", "description": "Liveness and the enclave's identity and attestation evidence."},
+    {"name": "accounts", "description": "Tenants and their bearer tokens."},
+    {"name": "models", "description": "Encrypted models: register, upload, provision the key, delete."},
+    {"name": "predictions", "description": "Sealed prediction requests relayed to the enclave."},
+    {"name": "jobs", "description": "Finished jobs: signed receipts and stored response envelopes."},
+]
+
+_OCTET_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _error_response(code: str, message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def model_out(model: ModelRecord) -> ModelOut:
+    """Return the public API form of a model record (never its sealed key or blob path)."""
+    return ModelOut(
+        id=model.id,
+        owner_id=model.owner_id,
+        name=model.name,
+        description=model.description,
+        input_columns=model.input_columns,
+        output_policy=model.output_policy,
+        status=model.status,  # type: ignore[arg-type]
+        blob_sha256=model.blob_sha256,
+        blob_size=model.blob_size,
+        model_sha256=model.model_sha256,
+        measurement=model.measurement,
+        created_at=model.created_at,
+    )
+
+
+def job_out(job: JobRecord) -> JobOut:
+    """Return the public API form of a job record."""
+    return JobOut(
+        id=job.id,
+        model_id=job.model_id,
+        request_id=job.request_id,
+        status=job.status,
+        rows=job.rows,
+        receipt=job.receipt,
+        signature=job.signature,
+        created_at=job.created_at,
+    )
+
+
+def _declared_size(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    try:
+        size = int(raw)
+    except ValueError:
+        raise InputError("input.malformed", "Content-Length is not a number") from None
+    if size < 0:
+        raise InputError("input.malformed", "Content-Length is negative")
+    return size
+
+
+async def body_stream(request: Request) -> AsyncIterator[bytes]:
+    """Yield the request body as it arrives; a client that hangs up becomes ``input.malformed``."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise InputError("input.malformed", "the client disconnected before the body was complete") from None
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """Read the request body, refusing more than ``limit`` bytes with ``input.too_large``.
+
+    The declared ``Content-Length`` is checked before anything is read.
+    """
+    declared = _declared_size(request)
+    if declared is not None and declared > limit:
+        raise InputError("input.too_large", f"the body exceeds the limit of {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in body_stream(request):
+        size += len(chunk)
+        if size > limit:
+            raise InputError("input.too_large", f"the body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class CatchAllMiddleware:
+    """Turn any unhandled exception into a bare ``internal`` 500; the detail goes to the server log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the wrapped app; if it raises before responding, answer 500 ``internal``."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            """Forward ``message``, noting whether the response has started."""
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await _error_response("internal", "internal server error", 500)(scope, receive, send)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def sealedml_error(_request: Request, exc: Exception) -> Response:
+        """Answer with the error's stable code and status."""
+        assert isinstance(exc, SealedMLError)
+        if exc.status >= 500:
+            log.warning("request failed: %s (%s)", exc.code, exc.message)
+        return _error_response(exc.code, exc.message, exc.status)
+
+    async def validation_error(_request: Request, exc: Exception) -> Response:
+        """Answer ``input.malformed`` (422) naming where the request is invalid, never echoing input."""
+        assert isinstance(exc, RequestValidationError)
+        details = []
+        for error in list(exc.errors())[:5]:
+            where = ".".join(str(part) for part in error.get("loc", ()))
+            details.append(f"{where}: {error.get('msg', 'invalid')}")
+        return _error_response("input.malformed", "; ".join(details) or "invalid request", 422)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        """Give routing errors (unknown path, wrong method) the same error shape."""
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found.route", 405: "input.method_not_allowed"}.get(
+            exc.status_code, "input.malformed"
+        )
+        response = _error_response(code, str(exc.detail), exc.status_code)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    app.add_exception_handler(SealedMLError, sealedml_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(CatchAllMiddleware)
+
+
+def create_app(
+    settings: Settings, enclave: "EnclaveClient", *, relauncher: Relauncher | None = None
+) -> FastAPI:
+    """Build the platform API over ``settings`` and a running enclave client.
+
+    Guarantees: the data folder, database schema and blob folders exist when this returns; on a
+    fresh database an ``admin`` account exists and its token is in ``settings.admin_token_path``
+    (mode 0600). The database is disposed on shutdown. The enclave client is not closed by the
+    app; with a ``relauncher`` a dead enclave is replaced by a new one (see
+    :class:`EnclaveSupervisor`), and the owner then closes ``app.state.service.enclave.client``.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    auth = Authenticator(db)
+    ensure_admin(auth, db, settings.admin_token_path)
+    supervisor = EnclaveSupervisor(enclave, hello_ttl=settings.hello_ttl_seconds, relauncher=relauncher)
+    service = PlatformService(settings, Catalog(db), BlobStore(settings.blob_dir), auth, supervisor)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        """Dispose of the database connections when the server stops."""
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="SealedML platform",
+        version=__version__,
+        description=(
+            "The untrusted host of SealedML. It stores and relays ciphertext only: models are "
+            "encrypted by their providers, requests are sealed to the attested enclave, and responses "
+            "can be opened only by whoever sent the request."
+        ),
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    _install_error_handlers(app)
+    bearer = HTTPBearer(auto_error=False, description="Bearer token `sml_...`")
+
+    async def principal(
+        request: Request, _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Principal:
+        """Authenticate the caller (``HTTPBearer`` only documents the scheme in OpenAPI)."""
+        token = bearer_token(request.headers.get("authorization"))
+        return await service.authenticate(token)
+
+    Caller = Annotated[Principal, Depends(principal)]
+    auth_errors = _errors(401, 403)
+
+    # -- system -------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["system"], response_model=Health)
+    async def healthz() -> Health:
+        """Liveness: the HTTP service is up (says nothing about the enclave)."""
+        return Health()
+
+    @app.get("/v1/enclave", tags=["system"], response_model=EnclaveInfoOut, responses=_errors(502, 503))
+    async def enclave_info() -> EnclaveInfoOut:
+        """The enclave's public identity. Verify it with `/v1/attestation` before trusting the keys."""
+        info = await supervisor.info()
+        return EnclaveInfoOut(
+            tee=info.tee,
+            simulated=info.simulated,
+            measurement=info.measurement,
+            hpke_public_key=info.hpke_public_key.hex(),
+            signing_public_key=info.signing_public_key.hex(),
+            instance_id=info.instance_id,
+            protocol=info.protocol,
+        )
+
+    @app.get(
+        "/v1/attestation",
+        tags=["system"],
+        response_class=Response,
+        responses={200: {"content": {"application/json": {}}, "description": "EvidenceBundle JSON"}}
+        | _errors(400, 502, 503),
+    )
+    async def attestation(
+        nonce: Annotated[str | None, Query(description="client challenge, 16..64 bytes in hex")] = None,
+    ) -> Response:
+        """Fresh evidence from the enclave binding its keys to the caller's nonce."""
+        try:
+            raw = bytes.fromhex(nonce or "")
+        except ValueError:
+            raise InputError("input.malformed", "nonce must be hex") from None
+        if not MIN_NONCE_BYTES <= len(raw) <= MAX_NONCE_BYTES:
+            raise InputError("input.malformed", f"nonce must be {MIN_NONCE_BYTES}..{MAX_NONCE_BYTES} bytes")
+        evidence = await supervisor.evidence(raw)
+        return Response(content=evidence, media_type="application/json")
+
+    # -- accounts -----------------------------------------------------------------------------
+    @app.post(
+        "/v1/accounts",
+        tags=["accounts"],
+        status_code=201,
+        response_model=AccountCreated,
+        responses=auth_errors | _errors(409, 422),
+    )
+    async def create_account(body: AccountCreate, caller: Caller) -> AccountCreated:
+        """Create an account (admin only). The token is returned once and stored only as a hash."""
+        account, token = await service.create_account(caller, body.name, body.role)
+        return AccountCreated(id=account.id, name=account.name, role=account.role, token=token)  # type: ignore[arg-type]
+
+    @app.get("/v1/me", tags=["accounts"], response_model=AccountOut, responses=auth_errors)
+    async def me(caller: Caller) -> AccountOut:
+        """The authenticated account."""
+        return AccountOut(id=caller.id, name=caller.name, role=caller.role)  # type: ignore[arg-type]
+
+    # -- models -------------------------------------------------------------------------------
+    @app.post(
+        "/v1/models",
+        tags=["models"],
+        status_code=201,
+        response_model=ModelOut,
+        responses=auth_errors | _errors(409, 422),
+    )
+    async def create_model(body: ModelCreate, caller: Caller) -> ModelOut:
+        """Register a model (provider only); upload its encrypted weights next."""
+        model = await service.create_model(
+            caller,
+            name=body.name,
+            description=body.description,
+            input_columns=body.input_columns,
+            output_policy=body.output_policy.model_dump() if body.output_policy else None,
+        )
+        return model_out(model)
+
+    @app.get("/v1/models", tags=["models"], response_model=list[ModelOut], responses=auth_errors)
+    async def list_models(caller: Caller) -> list[ModelOut]:
+        """Ready models, plus the caller's own models in any status."""
+        return [model_out(model) for model in await service.list_models(caller)]
+
+    @app.get(
+        "/v1/models/{model_id}",
+        tags=["models"],
+        response_model=ModelOut,
+        responses=auth_errors | _errors(404),
+    )
+    async def get_model(model_id: str, caller: Caller) -> ModelOut:
+        """One model, if it is ready or the caller owns it."""
+        return model_out(await service.visible_model(caller, model_id))
+
+    @app.put(
+        "/v1/models/{model_id}/blob",
+        tags=["models"],
+        response_model=ModelOut,
+        responses=auth_errors | _errors(400, 404, 413),
+        openapi_extra=_OCTET_BODY,
+    )
+    async def upload_blob(model_id: str, request: Request, caller: Caller) -> ModelOut:
+        """Upload (or replace) the model's encrypted ONNX: a `model/onnx` stream envelope, streamed.
+
+        Replacing the blob resets the model to `uploaded`: the provider provisions its key again.
+        """
+        model = await service.upload_blob(
+            caller, model_id, body_stream(request), declared_size=_declared_size(request)
+        )
+        return model_out(model)
+
+    @app.post(
+        "/v1/models/{model_id}/provision",
+        tags=["models"],
+        response_model=ProvisionOut,
+        responses=auth_errors | _errors(400, 404, 409, 413, 422, 502, 503),
+        openapi_extra=_OCTET_BODY,
+    )
+    async def provision(model_id: str, request: Request, caller: Caller) -> ProvisionOut:
+        """Relay the provider's sealed model key to the enclave; stores the sealed key it returns."""
+        body = await read_limited_body(request, settings.max_request_bytes)
+        outcome = await service.provision(caller, model_id, body)
+        return ProvisionOut(
+            model=model_out(outcome.model),
+            response=_b64(outcome.result.response),
+            receipt=outcome.result.receipt,
+            signature=outcome.result.signature,
+        )
+
+    @app.delete(
+        "/v1/models/{model_id}",
+        tags=["models"],
+        status_code=204,
+        response_class=Response,
+        responses=auth_errors | _errors(404),
+    )
+    async def delete_model(model_id: str, caller: Caller) -> Response:
+        """Delete the caller's model, its encrypted blob and its copy in the enclave."""
+        await service.delete_model(caller, model_id)
+        return Response(status_code=204)
+
+    # -- predictions and jobs -----------------------------------------------------------------
+    @app.post(
+        "/v1/models/{model_id}/predict",
+        tags=["predictions"],
+        response_model=PredictOut,
+        responses=auth_errors | _errors(400, 404, 409, 413, 422, 429, 502, 503),
+        openapi_extra=_OCTET_BODY,
+    )
+    async def predict(model_id: str, request: Request, caller: Caller) -> Response:
+        """Relay a sealed prediction request; only the requester can open the response."""
+        body = await read_limited_body(request, settings.max_request_bytes)
+        outcome = await service.predict(caller, model_id, body)
+        result = outcome.result
+        out = PredictOut(
+            job_id=outcome.job.id,
+            response=_b64(result.response),
+            receipt=result.receipt,
+            signature=result.signature,
+            rows=result.rows,
+        )
+        return Response(content=out.model_dump_json(), media_type="application/json")
+
+    @app.get("/v1/jobs", tags=["jobs"], response_model=list[JobOut], responses=auth_errors)
+    async def list_jobs(caller: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobOut]:
+        """The caller's own jobs, newest first."""
+        return [job_out(job) for job in await service.list_jobs(caller, limit=limit)]
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobOut, responses=auth_errors | _errors(404))
+    async def get_job(job_id: str, caller: Caller) -> JobOut:
+        """One of the caller's jobs."""
+        return job_out(await service.get_job(caller, job_id))
+
+    @app.get(
+        "/v1/jobs/{job_id}/result",
+        tags=["jobs"],
+        response_model=JobResultOut,
+        responses=auth_errors | _errors(404),
+    )
+    async def job_result(job_id: str, caller: Caller) -> JobResultOut:
+        """The stored response envelope of one of the caller's jobs."""
+        job, data = await service.job_result(caller, job_id)
+        return JobResultOut(job_id=job.id, response=_b64(data))
+
+    return app

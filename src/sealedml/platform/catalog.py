@@ -1,0 +1,332 @@
+"""Synchronous data access for models, jobs and usage: each function is one short transaction.
+
+Functions return frozen records, never live ORM objects, so callers can use them from any thread
+after the session closed. Nothing here decides who may do what; :mod:`sealedml.platform.service`
+does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, case, delete, exists, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from sealedml.errors import InputError, RequestError
+from sealedml.platform.db import Database, Job, Model, ModelUsage, new_id, utcnow
+from sealedml.platform.storage import StoredBlob
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model row. ``sealed_key`` is opaque: only the enclave that sealed it can open it."""
+
+    id: str
+    owner_id: str
+    name: str
+    description: str
+    input_columns: list[str]
+    output_policy: dict[str, Any] | None
+    status: str
+    blob_path: str | None
+    blob_sha256: str | None
+    blob_size: int | None
+    sealed_key: bytes | None
+    model_sha256: str | None
+    measurement: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Model) -> ModelRecord:
+        """Copy an ORM row into a detached record."""
+        return cls(
+            id=row.id,
+            owner_id=row.owner_id,
+            name=row.name,
+            description=row.description,
+            input_columns=list(row.input_columns),
+            output_policy=dict(row.output_policy) if row.output_policy is not None else None,
+            status=row.status,
+            blob_path=row.blob_path,
+            blob_sha256=row.blob_sha256,
+            blob_size=row.blob_size,
+            sealed_key=row.sealed_key,
+            model_sha256=row.model_sha256,
+            measurement=row.measurement,
+            created_at=_aware(row.created_at),
+        )
+
+    def visible_to(self, account_id: str) -> bool:
+        """Ready models are public; others are visible to their owner only."""
+        return self.status == "ready" or self.owner_id == account_id
+
+
+@dataclass(frozen=True)
+class PredictTarget:
+    """The few model fields a prediction needs; ``sealed_key`` stays opaque."""
+
+    id: str
+    owner_id: str
+    status: str
+    blob_path: str | None
+    sealed_key: bytes | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A finished job row."""
+
+    id: str
+    owner_id: str
+    model_id: str
+    request_id: str
+    status: str
+    rows: int
+    receipt: dict[str, Any]
+    signature: str
+    result_path: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Job) -> JobRecord:
+        """Copy an ORM row into a detached record."""
+        return cls(
+            id=row.id,
+            owner_id=row.owner_id,
+            model_id=row.model_id,
+            request_id=row.request_id,
+            status=row.status,
+            rows=row.rows,
+            receipt=dict(row.receipt),
+            signature=row.signature,
+            result_path=row.result_path,
+            created_at=_aware(row.created_at),
+        )
+
+
+class Catalog:
+    """Blocking catalog operations over one :class:`Database`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- models -------------------------------------------------------------------------------
+    def create_model(
+        self,
+        *,
+        owner_id: str,
+        name: str,
+        description: str,
+        input_columns: list[str],
+        output_policy: dict[str, Any] | None,
+    ) -> ModelRecord:
+        """Insert a model in status ``created``; raises ``input.conflict`` if the name is taken."""
+        try:
+            with self.db.session() as session:
+                if session.scalar(select(Model.id).where(Model.name == name)) is not None:
+                    raise InputError("input.conflict", f"a model named {name!r} already exists")
+                row = Model(
+                    id=new_id(),
+                    owner_id=owner_id,
+                    name=name,
+                    description=description,
+                    input_columns=input_columns,
+                    output_policy=output_policy,
+                    status="created",
+                )
+                session.add(row)
+                session.flush()
+                return ModelRecord.of(row)
+        except IntegrityError as exc:
+            raise InputError("input.conflict", f"a model named {name!r} already exists") from exc
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        """Return the model with ``model_id``, or ``None``."""
+        with self.db.session() as session:
+            row = session.get(Model, model_id)
+            return None if row is None else ModelRecord.of(row)
+
+    def list_models(self, viewer_id: str) -> list[ModelRecord]:
+        """Return ready models and the viewer's own models, by name."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(Model)
+                .where((Model.status == "ready") | (Model.owner_id == viewer_id))
+                .order_by(Model.name)
+            )
+            return [ModelRecord.of(row) for row in rows]
+
+    def set_blob(
+        self, model_id: str, owner_id: str, blob: StoredBlob
+    ) -> tuple[ModelRecord, str | None] | None:
+        """Point the model at a newly stored blob, status ``uploaded``, sealed key cleared.
+
+        Returns the updated record and the previous blob path (for the caller to delete), or
+        ``None`` if the model no longer exists for this owner.
+        """
+        with self.db.session() as session:
+            row = session.get(Model, model_id)
+            if row is None or row.owner_id != owner_id:
+                return None
+            old = row.blob_path
+            row.blob_path, row.blob_sha256, row.blob_size = blob.path, blob.sha256, blob.size
+            row.status = "uploaded"
+            row.sealed_key = row.model_sha256 = row.measurement = None
+            session.flush()
+            return ModelRecord.of(row), old
+
+    def mark_ready(
+        self,
+        model_id: str,
+        *,
+        expected_blob_sha256: str,
+        sealed_key: bytes,
+        model_sha256: str,
+        measurement: str,
+    ) -> ModelRecord | None:
+        """Store the sealed key and mark the model ``ready``, only if its blob is still the one
+        that was provisioned (compare-and-set on ``blob_sha256``). Returns ``None`` otherwise.
+        """
+        with self.db.session() as session:
+            result = session.execute(
+                update(Model)
+                .where(Model.id == model_id, Model.blob_sha256 == expected_blob_sha256)
+                .values(
+                    sealed_key=sealed_key,
+                    model_sha256=model_sha256,
+                    measurement=measurement,
+                    status="ready",
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            row = session.get(Model, model_id)
+            assert row is not None
+            session.refresh(row)
+            return ModelRecord.of(row)
+
+    def delete_model(self, model_id: str) -> ModelRecord | None:
+        """Delete a model and its usage counters; return what was deleted (jobs are kept)."""
+        with self.db.session() as session:
+            row = session.get(Model, model_id)
+            if row is None:
+                return None
+            record = ModelRecord.of(row)
+            session.execute(delete(ModelUsage).where(ModelUsage.model_id == model_id))
+            session.delete(row)
+            return record
+
+    def usage(self, model_id: str) -> dict[str, int]:
+        """Return ``{client_id: rows}`` for one model."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(ModelUsage.client_id, ModelUsage.rows).where(ModelUsage.model_id == model_id)
+            )
+            return {client: count for client, count in rows}
+
+    # -- predictions (hot path: SQLAlchemy Core, one short statement or transaction each) ---------
+    def prediction_context(self, model_id: str, request_id: str) -> tuple[PredictTarget | None, bool]:
+        """Return what a prediction needs of the model (or ``None``) and whether ``request_id`` was
+        already used, in one statement.
+        """
+        models, jobs = Model.__table__, Job.__table__
+        seen = exists().where(jobs.c.request_id == request_id).label("seen")
+        with self.db.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    models.c.id,
+                    models.c.owner_id,
+                    models.c.status,
+                    models.c.blob_path,
+                    models.c.sealed_key,
+                    seen,
+                ).where(models.c.id == model_id)
+            ).one_or_none()
+            if row is None:
+                return None, bool(conn.execute(select(seen)).scalar())
+        target = PredictTarget(
+            id=row.id,
+            owner_id=row.owner_id,
+            status=row.status,
+            blob_path=row.blob_path,
+            sealed_key=row.sealed_key,
+        )
+        return target, bool(row.seen)
+
+    def record_job(
+        self,
+        *,
+        job_id: str,
+        owner_id: str,
+        model_id: str,
+        request_id: str,
+        rows: int,
+        receipt: dict[str, Any],
+        signature: str,
+        result_path: str,
+        usage: int,
+    ) -> JobRecord:
+        """Insert a finished job and raise the client's usage counter, in one transaction.
+
+        Raises ``request.replayed`` if another job already used ``request_id``. The usage counter
+        only moves up (the enclave's total is authoritative, and answers may arrive out of order).
+        """
+        job = JobRecord(
+            id=job_id,
+            owner_id=owner_id,
+            model_id=model_id,
+            request_id=request_id,
+            status="done",
+            rows=rows,
+            receipt=receipt,
+            signature=signature,
+            result_path=result_path,
+            created_at=utcnow(),
+        )
+        try:
+            with self.db.engine.begin() as conn:
+                conn.execute(insert(Job.__table__).values(**asdict(job)))
+                self._raise_usage(conn, model_id, owner_id, usage)
+        except IntegrityError as exc:
+            raise RequestError("request.replayed", "this request id was already used") from exc
+        return job
+
+    def _raise_usage(self, conn: Connection, model_id: str, client_id: str, total: int) -> None:
+        table = ModelUsage.__table__
+        keep_max = case((table.c.rows < total, total), else_=table.c.rows)
+        if self.db.dialect in ("sqlite", "postgresql"):
+            if self.db.dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as upsert
+            else:
+                from sqlalchemy.dialects.postgresql import insert as upsert
+            stmt = upsert(table).values(model_id=model_id, client_id=client_id, rows=total)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[table.c.model_id, table.c.client_id], set_={"rows": keep_max}
+                )
+            )
+            return
+        key = (table.c.model_id == model_id) & (table.c.client_id == client_id)
+        if conn.execute(update(table).where(key).values(rows=keep_max)).rowcount == 0:
+            conn.execute(insert(table).values(model_id=model_id, client_id=client_id, rows=total))
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """Return the job with ``job_id``, or ``None``."""
+        with self.db.session() as session:
+            row = session.get(Job, job_id)
+            return None if row is None else JobRecord.of(row)
+
+    def list_jobs(self, owner_id: str, *, limit: int = 100) -> list[JobRecord]:
+        """Return the owner's most recent jobs, newest first."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(Job).where(Job.owner_id == owner_id).order_by(Job.created_at.desc()).limit(limit)
+            )
+            return [JobRecord.of(row) for row in rows]

@@ -1,0 +1,171 @@
+"""The platform's catalog: accounts, models, jobs and usage, in SQLAlchemy 2.0 ORM.
+
+Everything stored here is public metadata or ciphertext: names, digests, sizes, opaque sealed
+keys, signed receipts. The schema is dialect-neutral (SQLite by default, PostgreSQL by URL); only
+the connection setup differs. Sessions are synchronous; the API calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+ROLES = ("admin", "provider", "data_owner")
+MODEL_STATUSES = ("created", "uploaded", "ready")
+JOB_STATUSES = ("done",)
+
+
+def new_id() -> str:
+    """Return a fresh random identifier (UUID4, 32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every platform table."""
+
+    type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012
+
+
+class Account(Base):
+    """A tenant: only the SHA-256 of its bearer token is stored."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (CheckConstraint(_in("role", ROLES), name="ck_accounts_role"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Model(Base):
+    """A published model: public description plus pointers to its ciphertext."""
+
+    __tablename__ = "models"
+    __table_args__ = (CheckConstraint(_in("status", MODEL_STATUSES), name="ck_models_status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    input_columns: Mapped[list[str]] = mapped_column(JSON)
+    output_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="created")
+    blob_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    blob_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sealed_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    measurement: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One finished prediction: the signed receipt and where its response envelope is.
+
+    ``model_id`` is deliberately not a foreign key: a job's receipt outlives its model.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (CheckConstraint(_in("status", JOB_STATUSES), name="ck_jobs_status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    model_id: Mapped[str] = mapped_column(String(32), index=True)
+    request_id: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    rows: Mapped[int] = mapped_column(Integer)
+    receipt: Mapped[dict[str, Any]] = mapped_column(JSON)
+    signature: Mapped[str] = mapped_column(String(256))
+    result_path: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelUsage(Base):
+    """Rows a client has run through a model, as last reported by the enclave."""
+
+    __tablename__ = "model_usage"
+
+    model_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+    finally:
+        cursor.close()
+
+
+class Database:
+    """An engine and session factory over one database URL, with the schema created.
+
+    Guarantees: for SQLite the file's folder exists, WAL and ``synchronous=NORMAL`` are on for every
+    connection, and connections may be used from any thread; other dialects get defaults.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        parsed = make_url(url)
+        connect_args: dict[str, Any] = {}
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            connect_args["check_same_thread"] = False
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(
+            url, echo=echo, connect_args=connect_args, pool_pre_ping=not self.is_sqlite
+        )
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        Base.metadata.create_all(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        """The backend name (``sqlite``, ``postgresql``, ...)."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """Yield a session in one transaction: committed if the block returns, rolled back if not."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()

@@ -1,0 +1,69 @@
+"""Wiring the platform to the simulated enclave: foreground (``sealedml serve``) or background.
+
+The simulated platform's state (its certificate chain and sealing secret) lives in
+``data_dir/platform``. It is readable by this host: the simulated TEE protects nothing, and its
+evidence says so. A dead enclave process is relaunched on the same platform state, so sealed model
+keys stay usable across restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+from sealedml.platform.app import create_app
+from sealedml.platform.enclave_manager import EnclaveSupervisor
+from sealedml.platform.server import BackgroundServer, serve_app
+from sealedml.platform.settings import Settings
+
+
+def simulated_platform_dir(settings: Settings) -> Path:
+    """Where the simulated TEE keeps its platform state for this data folder."""
+    return settings.data_dir / "platform"
+
+
+def run_platform(settings: Settings, *, workers: int = 4) -> None:
+    """Launch the simulated enclave and serve the platform until interrupted (blocking).
+
+    Guarantees: the enclave process (and any relaunched one) is stopped when this returns.
+    """
+    from sealedml.tee.simulated import launch_simulated
+
+    relaunch = partial(launch_simulated, simulated_platform_dir(settings), workers=workers)
+    enclave = relaunch()
+    try:
+        app = create_app(settings, enclave, relauncher=relaunch)
+    except BaseException:
+        enclave.close()
+        raise
+    supervisor: EnclaveSupervisor = app.state.service.enclave
+    try:
+        serve_app(app, settings)
+    finally:
+        supervisor.close()
+
+
+@contextmanager
+def platform_in_background(settings: Settings, *, workers: int = 4) -> Iterator[BackgroundServer]:
+    """Run the platform with a simulated enclave on a free loopback port for the block's duration.
+
+    Yields the running :class:`BackgroundServer` (``.url``; ``.app.state.service`` for tests).
+    On exit the server stops and the current enclave process is closed.
+    """
+    from sealedml.tee.simulated import launch_simulated
+
+    relaunch = partial(launch_simulated, simulated_platform_dir(settings), workers=workers)
+    enclave = relaunch()
+    try:
+        app = create_app(settings, enclave, relauncher=relaunch)
+    except BaseException:
+        enclave.close()
+        raise
+    supervisor: EnclaveSupervisor = app.state.service.enclave
+    try:
+        with BackgroundServer(app) as server:
+            yield server
+    finally:
+        supervisor.close()

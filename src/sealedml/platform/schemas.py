@@ -1,0 +1,158 @@
+"""Pydantic models of the platform's JSON API (requests, responses, errors).
+
+These are the wire contract the SDK is written against; every field here is public metadata,
+an opaque ciphertext (base64) or a signed receipt.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+MAX_COLUMNS = 100_000
+MAX_COLUMN_NAME = 256
+OUTPUT_MODES = ("probabilities", "rounded", "label")
+
+Role = Literal["admin", "provider", "data_owner"]
+ModelStatus = Literal["created", "uploaded", "ready"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    """A stable error code and a message a person can act on."""
+
+    code: str = Field(examples=["auth.forbidden"])
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    """Liveness answer."""
+
+    status: Literal["ok"] = "ok"
+
+
+class EnclaveInfoOut(BaseModel):
+    """The enclave's public identity. Trust it only after verifying ``/v1/attestation``."""
+
+    tee: str
+    simulated: bool
+    measurement: str
+    hpke_public_key: str = Field(description="X25519 public key, hex")
+    signing_public_key: str = Field(description="Ed25519 public key, hex")
+    instance_id: str
+    protocol: int
+
+
+class AccountCreate(_Strict):
+    """Request to create an account (admin only)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    role: Role
+
+
+class AccountOut(BaseModel):
+    """An account as its owner sees it."""
+
+    id: str
+    name: str
+    role: Role
+
+
+class AccountCreated(AccountOut):
+    """A new account and its bearer token: shown once, stored nowhere in clear."""
+
+    token: str
+
+
+class OutputPolicyIn(_Strict):
+    """Public copy of the output policy the provider seals to the enclave (display only)."""
+
+    mode: Literal["probabilities", "rounded", "label"] = "probabilities"
+    decimals: int = Field(default=2, ge=0, le=6)
+
+
+class ModelCreate(_Strict):
+    """Request to register a model (provider only); the weights come later, encrypted."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = Field(default="", max_length=4096)
+    input_columns: list[str] = Field(min_length=1, max_length=MAX_COLUMNS)
+    output_policy: OutputPolicyIn | None = None
+
+    @field_validator("input_columns")
+    @classmethod
+    def _columns(cls, value: list[str]) -> list[str]:
+        for column in value:
+            if not column or len(column) > MAX_COLUMN_NAME or not column.isprintable():
+                raise ValueError(f"column names must be 1..{MAX_COLUMN_NAME} printable characters")
+        if len(set(value)) != len(value):
+            raise ValueError("column names must be distinct")
+        return value
+
+
+class ModelOut(BaseModel):
+    """A model's public record. ``blob_sha256`` is the digest of the *ciphertext*."""
+
+    id: str
+    owner_id: str
+    name: str
+    description: str
+    input_columns: list[str]
+    output_policy: dict[str, Any] | None
+    status: ModelStatus
+    blob_sha256: str | None
+    blob_size: int | None
+    model_sha256: str | None = Field(description="digest of the plaintext ONNX, reported by the enclave")
+    measurement: str | None = Field(description="measurement of the enclave that sealed the key")
+    created_at: datetime
+
+
+class ProvisionOut(BaseModel):
+    """Result of key provisioning: the enclave's sealed answer and its signed receipt."""
+
+    model: ModelOut
+    response: str = Field(description="response envelope for the provider, base64")
+    receipt: dict[str, Any]
+    signature: str
+
+
+class PredictOut(BaseModel):
+    """Result of a prediction: only the data owner can open ``response``."""
+
+    job_id: str
+    response: str = Field(description="response envelope for the data owner, base64")
+    receipt: dict[str, Any]
+    signature: str
+    rows: int
+
+
+class JobOut(BaseModel):
+    """A finished job's public record."""
+
+    id: str
+    model_id: str
+    request_id: str
+    status: str
+    rows: int
+    receipt: dict[str, Any]
+    signature: str
+    created_at: datetime
+
+
+class JobResultOut(BaseModel):
+    """A job's stored response envelope (base64), readable only with the requester's key."""
+
+    job_id: str
+    response: str

@@ -1,0 +1,69 @@
+"""Settings of the untrusted host service: where it keeps ciphertext and how much it accepts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sealedml.errors import ConfigError
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Immutable configuration of one platform instance.
+
+    ``db_url`` defaults to an SQLite file inside ``data_dir``; any SQLAlchemy URL works
+    (``postgresql+psycopg://user@host/db``). Size limits bound every body the service reads.
+    """
+
+    data_dir: Path
+    db_url: str | None = None
+    max_model_bytes: int = 256 * MIB
+    max_request_bytes: int = 64 * MIB
+    host: str = "127.0.0.1"
+    port: int = 8000
+    hello_ttl_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.db_url is None:
+            object.__setattr__(self, "db_url", f"sqlite:///{self.data_dir / 'sealedml.db'}")
+        if self.max_model_bytes <= 0 or self.max_request_bytes <= 0:
+            raise ConfigError("config.invalid", "size limits must be positive")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("config.invalid", f"port {self.port} is out of range")
+
+    @property
+    def database_url(self) -> str:
+        """The resolved database URL (never ``None`` once constructed)."""
+        assert self.db_url is not None
+        return self.db_url
+
+    @property
+    def blob_dir(self) -> Path:
+        """The folder holding the encrypted model blobs and result envelopes."""
+        return self.data_dir / "blobs"
+
+    @property
+    def admin_token_path(self) -> Path:
+        """Where the bootstrap admin token is written (mode 0600) on a fresh database."""
+        return self.data_dir / "admin-token"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Build settings from ``SEALEDML_*`` variables; raises ``config.invalid`` on bad values."""
+        env = dict(os.environ if environ is None else environ)
+        try:
+            return cls(
+                data_dir=Path(env.get("SEALEDML_DATA_DIR", "./sealedml-data")),
+                db_url=env.get("SEALEDML_DB_URL") or None,
+                max_model_bytes=int(env.get("SEALEDML_MAX_MODEL_BYTES", 256 * MIB)),
+                max_request_bytes=int(env.get("SEALEDML_MAX_REQUEST_BYTES", 64 * MIB)),
+                host=env.get("SEALEDML_HOST", "127.0.0.1"),
+                port=int(env.get("SEALEDML_PORT", 8000)),
+            )
+        except ValueError as exc:
+            raise ConfigError("config.invalid", f"bad SEALEDML_* setting: {exc}") from exc
