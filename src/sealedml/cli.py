@@ -205,7 +205,7 @@ def measure(
         return
     if verbose:
         for path, digest in tcb_manifest():
-            err.print(f"  {digest[:16]}…  {path}", highlight=False)
+            err.print(f"  {digest[:16] + '…' if digest else '':17}  {path}", highlight=False)
     typer.echo(value)
 
 

@@ -291,7 +291,7 @@ class Catalog:
             created_at=utcnow(),
         )
         try:
-            with self.db.engine.begin() as conn:
+            with self.db.begin() as conn:
                 conn.execute(insert(Job.__table__).values(**asdict(job)))
                 self._raise_usage(conn, model_id, owner_id, usage)
         except IntegrityError as exc:

@@ -7,9 +7,10 @@ the connection setup differs. Sessions are synchronous; the API calls them from 
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 ROLES = ("admin", "provider", "data_owner")
@@ -153,6 +154,7 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         Base.metadata.create_all(self.engine)
 
     @property
@@ -163,8 +165,19 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """Yield a session in one transaction: committed if the block returns, rolled back if not."""
-        with self._sessions.begin() as session:
+        with self._writer(), self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """Yield a Core connection in one transaction (committed on success, else rolled back)."""
+        with self._writer(), self.engine.begin() as conn:
+            yield conn
+
+    def _writer(self) -> AbstractContextManager[object]:
+        """SQLite has one writer at a time; queueing writers here instead of in SQLite's busy
+        handler (which sleeps up to 100 ms between retries) keeps tail latency bounded."""
+        return self._write_lock if self._write_lock is not None else nullcontext()
 
     def dispose(self) -> None:
         """Close every pooled connection."""
