@@ -383,3 +383,43 @@ def test_data_owner_cannot_read_another_owners_results(platform, world, unique) 
         assert client.list_jobs() == []
     with platform.client(world["owner"]) as owner:
         assert owner.get_job(world["job"])["id"] == world["job"]
+
+
+def test_blob_other_than_the_provisioned_one_is_refused(platform, cancer, unique) -> None:
+    """The provider seals the blob's digest with its key; another blob is refused by the enclave."""
+    provider = platform.account(unique("provider"), "provider")
+    key = new_data_key()
+    blob = encrypt_bytes(key, cancer.prepared.onnx_bytes, content_type="model/onnx")
+    with platform.client(provider) as prov:
+        model = prov._json(
+            "POST", "/v1/models", json={"name": unique("swap"), "input_columns": cancer.features}
+        )
+        prov._request("PUT", f"/v1/models/{model['id']}/blob", content=blob)
+        expect(
+            "model.key_mismatch",
+            lambda: prov.provision_model(
+                model["id"],
+                key,
+                blob_sha256=hashlib.sha256(b"another blob").hexdigest(),
+                model_sha256=hashlib.sha256(cancer.prepared.onnx_bytes).hexdigest(),
+                input_columns=cancer.features,
+            ),
+            platform.data_dir,
+        )
+
+
+def test_receipt_for_other_bytes_is_refused(platform, world, cancer) -> None:
+    from sealedml.client._receipts import check_job
+
+    with platform.client(world["owner"]) as client:
+        prediction = client.predict(world["model"].id, cancer.test.iloc[:3])
+    receipt = prediction.receipt.receipt
+    with pytest.raises(SealedMLError) as info:
+        check_job(receipt, request=b"other request", response=b"other response")
+    assert info.value.code == "receipt.mismatch"
+    forged = dict(receipt, measurement="00" * 48)
+    with pytest.raises(SealedMLError) as info:
+        prediction.receipt.__class__(
+            forged, prediction.receipt.signature, prediction.receipt.evidence
+        ).verify(platform.policy)
+    assert info.value.code == "crypto.signature_invalid"

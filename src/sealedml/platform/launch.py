@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from sealedml.platform.app import create_app
 from sealedml.platform.enclave_manager import EnclaveSupervisor
 from sealedml.platform.server import BackgroundServer, serve_app
@@ -24,11 +26,9 @@ def simulated_platform_dir(settings: Settings) -> Path:
     return settings.data_dir / "platform"
 
 
-def run_platform(settings: Settings, *, workers: int = 4) -> None:
-    """Launch the simulated enclave and serve the platform until interrupted (blocking).
-
-    Guarantees: the enclave process (and any relaunched one) is stopped when this returns.
-    """
+@contextmanager
+def _platform_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
+    """Launch the simulated enclave and build the app on it; stop the enclave on exit."""
     from sealedml.tee.simulated import launch_simulated
 
     relaunch = partial(launch_simulated, simulated_platform_dir(settings), workers=workers)
@@ -40,9 +40,18 @@ def run_platform(settings: Settings, *, workers: int = 4) -> None:
         raise
     supervisor: EnclaveSupervisor = app.state.service.enclave
     try:
-        serve_app(app, settings)
+        yield app
     finally:
         supervisor.close()
+
+
+def run_platform(settings: Settings, *, workers: int = 4) -> None:
+    """Launch the simulated enclave and serve the platform until interrupted (blocking).
+
+    Guarantees: the enclave process (and any relaunched one) is stopped when this returns.
+    """
+    with _platform_app(settings, workers) as app:
+        serve_app(app, settings)
 
 
 @contextmanager
@@ -52,18 +61,5 @@ def platform_in_background(settings: Settings, *, workers: int = 4) -> Iterator[
     Yields the running :class:`BackgroundServer` (``.url``; ``.app.state.service`` for tests).
     On exit the server stops and the current enclave process is closed.
     """
-    from sealedml.tee.simulated import launch_simulated
-
-    relaunch = partial(launch_simulated, simulated_platform_dir(settings), workers=workers)
-    enclave = relaunch()
-    try:
-        app = create_app(settings, enclave, relauncher=relaunch)
-    except BaseException:
-        enclave.close()
-        raise
-    supervisor: EnclaveSupervisor = app.state.service.enclave
-    try:
-        with BackgroundServer(app) as server:
-            yield server
-    finally:
-        supervisor.close()
+    with _platform_app(settings, workers) as app, BackgroundServer(app) as server:
+        yield server
