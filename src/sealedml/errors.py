@@ -187,6 +187,33 @@ HINTS: dict[str, str] = {
     "attestation.debug_not_allowed": (
         "a debug enclave's memory is readable by the host; set allow_debug = true only for development"
     ),
+    "attestation.tcb_mismatch": (
+        "the platform's TCB does not match its certificate or any TCB level in the vendor collateral: "
+        "update the firmware/microcode, or fetch current collateral"
+    ),
+    "attestation.tcb_too_low": "the platform's TCB is below your policy's minimum: the host must update it",
+    "attestation.tcb_status_not_allowed": (
+        "the vendor rates this platform's TCB below UpToDate; accept that status and its named "
+        "advisories explicitly in your policy only after reading them"
+    ),
+    "attestation.collateral_expired": (
+        "the vendor collateral (TCB info, QE identity, CRL) is outside its validity window: fetch fresh "
+        "collateral from the PCS/PCCS"
+    ),
+    "attestation.collateral_invalid": "the vendor collateral is malformed or not signed by the vendor",
+    "attestation.collateral_missing": (
+        "DCAP evidence needs collateral (TCB info, QE identity, CRLs) to evaluate the platform's TCB"
+    ),
+    "attestation.revoked": "a certificate in the evidence chain is revoked: do not trust this platform",
+    "attestation.platform_mismatch": (
+        "the report and its signing certificate name different chips or products"
+    ),
+    "attestation.policy_mismatch": (
+        "a signed field (host data, signer, product id, RTMR, ...) differs from your policy's reference values"
+    ),
+    "attestation.no_reference_values": (
+        "your policy has no reference values for this TEE type, and policies deny by default"
+    ),
     "request.replayed": "each sealed request may be used once; the SDK makes a fresh one per call",
     "request.wrong_recipient": "the enclave restarted with a new key: attest again and resend",
     "input.too_large": "split the input into smaller batches",

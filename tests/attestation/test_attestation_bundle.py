@@ -57,7 +57,8 @@ def test_list_of_certificates_becomes_tuple(bundle):
         lambda d: d.update(report=5),
         lambda d: d.update(signature="QQ="),  # incomplete padding
         lambda d: d.update(signature="QR=="),  # non-canonical trailing bits
-        lambda d: d.update(certificates=[]),
+        lambda d: d.update(collateral=B64(b"c" * (256 * 1024 + 1))),
+        lambda d: d.update(collateral=5),
         lambda d: d.update(certificates="abc="),
         lambda d: d.update(certificates=[B64(b"x")] * 9),
         lambda d: d.update(certificates=[B64(b"x" * (16 * 1024 + 1))]),

@@ -219,7 +219,8 @@ def test_each_policy_check_has_its_code(policy, claim, now, code):
 def test_simulated_refused_by_strict_policy(policy):
     strict = dataclasses.replace(policy, allow_simulated=False)
     assert appraisal_code(strict, claims()) == "attestation.simulated_not_allowed"
-    assert appraisal_code(strict, claims(simulated=False, tee="sev-snp")) is None
+    # Real-TEE claims are judged by their own table; without one they are refused (deny by default).
+    assert appraisal_code(strict, claims(simulated=False, tee="sev-snp")) == "attestation.no_reference_values"
 
 
 def test_boundaries(policy):

@@ -32,7 +32,14 @@ class Claims:
     - ``issued_at``: when the evidence was produced (timezone-aware, UTC);
     - ``svn``: the platform's security version number;
     - ``root_fingerprint``: SHA-256 hex of the pinned root certificate the chain ended at;
-    - ``raw``: every field of the parsed report, read-only.
+    - ``raw``: every field of the parsed report, read-only (JSON-friendly: hex strings, ints);
+    - ``tcb_status``: the vendor's TCB verdict from collateral (DCAP: ``"UpToDate"``,
+      ``"SWHardeningNeeded"``, ...); ``None`` when no collateral was evaluated (simulated, SNP);
+    - ``advisories``: the security advisories (e.g. ``"INTEL-SA-00615"``) that status names;
+    - ``collateral_issued_at``: the oldest issue date of the collateral used (DCAP), else ``None``.
+
+    Real TEEs sign no timestamp: their verifiers set ``issued_at`` to the verification time, and
+    freshness rests on the caller's nonce bound into ``report_data``.
     """
 
     tee: str
@@ -45,6 +52,9 @@ class Claims:
     svn: int
     root_fingerprint: str
     raw: Mapping[str, object]
+    tcb_status: str | None = None
+    advisories: tuple[str, ...] = ()
+    collateral_issued_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-friendly dict (bytes as hex, time as ISO 8601 UTC)."""
@@ -59,6 +69,11 @@ class Claims:
             "svn": self.svn,
             "root_fingerprint": self.root_fingerprint,
             "raw": dict(self.raw),
+            "tcb_status": self.tcb_status,
+            "advisories": list(self.advisories),
+            "collateral_issued_at": (
+                self.collateral_issued_at.isoformat() if self.collateral_issued_at else None
+            ),
         }
 
 

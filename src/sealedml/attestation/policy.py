@@ -9,9 +9,14 @@ A policy is loaded from the ``[attestation]`` table of a TOML file::
     allow_debug = false
     simulated_roots = ["<64 hex chars>"]  # SHA-256 of the pinned simulated root certificate DER
 
-Policies fail closed: unknown keys or tables, wrong types, malformed hex, or an empty list of
-reference measurements are ``ConfigError("config.invalid")``; an empty ``simulated_roots`` rejects
-all simulated evidence. Hex values are normalised to lowercase.
+Real TEEs get their own sub-tables, ``[attestation.sev-snp]``, ``[attestation.tdx]`` and
+``[attestation.sgx]`` (see :mod:`sealedml.attestation.tee_policy`); a TEE type without one is refused.
+``reference_measurements`` (the simulated enclave's code measurement) is required unless a real-TEE
+table is present.
+
+Policies fail closed: unknown keys or tables, wrong types, malformed hex, or a policy that pins
+nothing are ``ConfigError("config.invalid")``; an empty ``simulated_roots`` rejects all simulated
+evidence. Hex values are normalised to lowercase.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from sealedml.attestation.claims import Claims
+from sealedml.attestation.tee_policy import (
+    SgxReference,
+    SnpReference,
+    TdxReference,
+    TeeReference,
+    from_tables,
+    reference_classes,
+)
 from sealedml.errors import AttestationError, ConfigError
 
 __all__ = [
@@ -76,14 +89,18 @@ class AppraisalPolicy:
     - ``allow_simulated``: accept the simulated TEE, which protects nothing (default False);
     - ``max_evidence_age_seconds``: how old evidence may be (default 300);
     - ``allow_debug``: accept debug enclaves, whose memory the host can read (default False);
-    - ``simulated_roots``: SHA-256 fingerprints of pinned simulated root certificates.
+    - ``simulated_roots``: SHA-256 fingerprints of pinned simulated root certificates;
+    - ``sev_snp`` / ``tdx`` / ``sgx``: reference values for real TEEs (None refuses that type).
     """
 
-    reference_measurements: tuple[str, ...]
+    reference_measurements: tuple[str, ...] = ()
     allow_simulated: bool = False
     max_evidence_age_seconds: int = DEFAULT_MAX_EVIDENCE_AGE_SECONDS
     allow_debug: bool = False
     simulated_roots: tuple[str, ...] = ()
+    sev_snp: SnpReference | None = None
+    tdx: TdxReference | None = None
+    sgx: SgxReference | None = None
 
     def __post_init__(self) -> None:
         """Validate every field, raising ``ConfigError("config.invalid")`` naming the key."""
@@ -102,11 +119,23 @@ class AppraisalPolicy:
             _MEASUREMENT_RE,
             "96 hex characters (SHA-384)",
         )
-        if not measurements:
-            raise _invalid(f"[{_TABLE}] reference_measurements must list at least one measurement")
+        for key, cls in (("sev_snp", SnpReference), ("tdx", TdxReference), ("sgx", SgxReference)):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, cls):
+                raise _invalid(f"[{_TABLE}] {key} must be a {cls.__name__}")
+        if not measurements and not self.real_tees():
+            raise _invalid(
+                f"[{_TABLE}] reference_measurements must list at least one measurement "
+                "(or add an [attestation.sev-snp], [attestation.tdx] or [attestation.sgx] table)"
+            )
         roots = _hex_list("simulated_roots", self.simulated_roots, _ROOT_RE, "64 hex characters (SHA-256)")
         object.__setattr__(self, "reference_measurements", measurements)
         object.__setattr__(self, "simulated_roots", roots)
+
+    def real_tees(self) -> dict[str, TeeReference]:
+        """Return the real-TEE reference tables this policy has, keyed by TEE type."""
+        tables = {"sev-snp": self.sev_snp, "tdx": self.tdx, "sgx": self.sgx}
+        return {tee: table for tee, table in tables.items() if table is not None}
 
     # -- loading and saving -----------------------------------------------------------------------
 
@@ -145,12 +174,18 @@ class AppraisalPolicy:
         table = document.get(_TABLE)
         if not isinstance(table, dict):
             raise _invalid(f"policy has no [{_TABLE}] table")
-        unknown = sorted(set(table) - set(_KEYS))
+        sub_tables = set(reference_classes())
+        unknown = sorted(set(table) - set(_KEYS) - sub_tables)
         if unknown:
-            raise _invalid(f"unknown key {unknown[0]!r} in [{_TABLE}] (known: {', '.join(_KEYS)})")
-        if "reference_measurements" not in table:
+            raise _invalid(
+                f"unknown key {unknown[0]!r} in [{_TABLE}] "
+                f"(known: {', '.join(_KEYS)}; tables: {', '.join(sorted(sub_tables))})"
+            )
+        real = from_tables({key: table[key] for key in sub_tables if key in table})
+        if "reference_measurements" not in table and not real:
             raise _invalid(f"[{_TABLE}] reference_measurements is required")
-        values: dict[str, Any] = dict(table)
+        values: dict[str, Any] = {key: value for key, value in table.items() if key not in sub_tables}
+        values.update({key.replace("-", "_"): value for key, value in real.items()})
         for key in ("reference_measurements", "simulated_roots"):
             if key in values and not isinstance(values[key], list):
                 raise _invalid(f"[{_TABLE}] {key} must be a list of strings")
@@ -174,7 +209,7 @@ class AppraisalPolicy:
             f"max_evidence_age_seconds = {self.max_evidence_age_seconds}\n"
             f"allow_debug = {toml_bool(self.allow_debug)}\n"
             f"simulated_roots = {toml_list(self.simulated_roots)}\n"
-        )
+        ) + "".join("\n" + table.to_toml() for table in self.real_tees().values())
 
     # -- appraisal --------------------------------------------------------------------------------
 
@@ -190,6 +225,16 @@ class AppraisalPolicy:
         """
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError("now must be a timezone-aware datetime")
+        if not claims.simulated:
+            reference = self.real_tees().get(claims.tee)
+            if reference is None:
+                raise AttestationError(
+                    "attestation.no_reference_values",
+                    f"the policy has no [{_TABLE}.{claims.tee}] table, so {claims.tee} evidence is refused",
+                )
+            reference.check(claims, now=now)
+            self._check_freshness(claims, now)
+            return
         if claims.simulated:
             if not self.allow_simulated:
                 raise AttestationError(
@@ -218,6 +263,9 @@ class AppraisalPolicy:
                 "attestation.debug_not_allowed",
                 "the enclave runs in debug mode, so the host can read its memory",
             )
+        self._check_freshness(claims, now)
+
+    def _check_freshness(self, claims: Claims, now: datetime) -> None:
         now = now.astimezone(UTC)
         if claims.issued_at > now + timedelta(seconds=FUTURE_SKEW_SECONDS):
             raise AttestationError(

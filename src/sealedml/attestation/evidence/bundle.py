@@ -10,6 +10,14 @@ Wire form (version 1): canonical JSON, byte strings in standard padded base64::
     {"certificates":[b64 DER, leaf first...],"hpke_public_key":b64,"nonce":b64,"report":b64,
      "signature":b64,"signing_public_key":b64,"tee":"simulated","version":1}
 
+plus an optional ``"collateral": b64`` member (omitted when empty). Per format:
+
+- ``simulated``: report and detached signature, certificates (signer, platform CA, root);
+- ``sev-snp``: the 1184-byte ATTESTATION_REPORT (its signature is inside, so ``signature`` is
+  empty), certificates VCEK/VLEK, ASK/ASVK, ARK;
+- ``tdx`` / ``sgx``: the DCAP quote (signature and PCK chain inside, so both fields are empty),
+  and ``collateral``: the UTF-8 JSON of the quote's collateral (TCB info, QE identity, CRLs).
+
 This module uses only the standard library; the enclave imports it to build bundles.
 """
 
@@ -30,6 +38,7 @@ __all__ = [
     "MAX_BUNDLE_JSON",
     "MAX_CERTIFICATES",
     "MAX_CERTIFICATE_SIZE",
+    "MAX_COLLATERAL_SIZE",
     "MAX_REPORT_SIZE",
     "MAX_SIGNATURE_SIZE",
     "EvidenceBundle",
@@ -40,10 +49,12 @@ MAX_REPORT_SIZE = 64 * 1024
 MAX_SIGNATURE_SIZE = 1024
 MAX_CERTIFICATES = 8
 MAX_CERTIFICATE_SIZE = 16 * 1024
-MAX_BUNDLE_JSON = 512 * 1024
+MAX_COLLATERAL_SIZE = 256 * 1024
+MAX_BUNDLE_JSON = 1024 * 1024
 """Upper bound on the JSON text; comfortably above the largest well-formed bundle."""
 
 _TEE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_OPTIONAL_FIELDS = frozenset({"collateral"})
 _FIELDS = frozenset(
     {
         "version",
@@ -76,11 +87,13 @@ class EvidenceBundle:
 
     - ``tee``: evidence format (``"simulated"``; later ``"sev-snp"``, ``"tdx"``, ``"sgx-dcap"``);
     - ``report``: the signed report bytes, exactly as signed (at most 64 KiB);
-    - ``signature``: the platform's signature over ``report``;
-    - ``certificates``: DER certificates, leaf first (1..8, each at most 16 KiB);
+    - ``signature``: the platform's signature over ``report`` (empty when the report embeds it);
+    - ``certificates``: DER certificates, leaf first (0..8, each at most 16 KiB; none when the
+      report embeds its chain, as DCAP quotes do);
     - ``hpke_public_key`` / ``signing_public_key``: the enclave's raw 32-byte X25519 / Ed25519 keys;
     - ``nonce``: an *unauthenticated* echo of the client's challenge (16..64 bytes), used only to
-      report ``attestation.nonce_mismatch`` precisely; freshness rests on ``report_data``.
+      report ``attestation.nonce_mismatch`` precisely; freshness rests on ``report_data``;
+    - ``collateral``: vendor collateral the verifier needs besides the report (at most 256 KiB).
     """
 
     tee: str
@@ -90,6 +103,7 @@ class EvidenceBundle:
     hpke_public_key: bytes
     signing_public_key: bytes
     nonce: bytes
+    collateral: bytes = b""
 
     def __post_init__(self) -> None:
         """Reject any ill-formed field with ``attestation.malformed``; lists become tuples."""
@@ -98,14 +112,15 @@ class EvidenceBundle:
         if not isinstance(self.tee, str) or not _TEE_RE.fullmatch(self.tee):
             raise _malformed("evidence field 'tee' must be a short lowercase identifier")
         _check_bytes("report", self.report, low=1, high=MAX_REPORT_SIZE)
-        _check_bytes("signature", self.signature, low=1, high=MAX_SIGNATURE_SIZE)
-        if not isinstance(self.certificates, tuple) or not 1 <= len(self.certificates) <= MAX_CERTIFICATES:
-            raise _malformed(f"evidence must carry 1..{MAX_CERTIFICATES} certificates")
+        _check_bytes("signature", self.signature, low=0, high=MAX_SIGNATURE_SIZE)
+        if not isinstance(self.certificates, tuple) or len(self.certificates) > MAX_CERTIFICATES:
+            raise _malformed(f"evidence must carry 0..{MAX_CERTIFICATES} certificates")
         for index, der in enumerate(self.certificates):
             _check_bytes(f"certificates[{index}]", der, low=1, high=MAX_CERTIFICATE_SIZE)
         _check_bytes("hpke_public_key", self.hpke_public_key, low=KEY_LENGTH, high=KEY_LENGTH)
         _check_bytes("signing_public_key", self.signing_public_key, low=KEY_LENGTH, high=KEY_LENGTH)
         _check_bytes("nonce", self.nonce, low=NONCE_MIN_LENGTH, high=NONCE_MAX_LENGTH)
+        _check_bytes("collateral", self.collateral, low=0, high=MAX_COLLATERAL_SIZE)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready wire form (version 1, byte strings base64-encoded)."""
@@ -113,7 +128,7 @@ class EvidenceBundle:
         def b64(data: bytes) -> str:
             return base64.b64encode(data).decode("ascii")
 
-        return {
+        wire: dict[str, Any] = {
             "version": BUNDLE_VERSION,
             "tee": self.tee,
             "report": b64(self.report),
@@ -123,6 +138,9 @@ class EvidenceBundle:
             "signing_public_key": b64(self.signing_public_key),
             "nonce": b64(self.nonce),
         }
+        if self.collateral:
+            wire["collateral"] = b64(self.collateral)
+        return wire
 
     def to_json(self) -> str:
         """Return the canonical JSON wire form; ``from_json(b.to_json()) == b`` always holds."""
@@ -154,8 +172,8 @@ class EvidenceBundle:
         if not isinstance(data, dict):
             raise _malformed("evidence must be a JSON object")
         keys = set(data)
-        if keys != _FIELDS:
-            unknown, missing = sorted(keys - _FIELDS), sorted(_FIELDS - keys)
+        if not _FIELDS <= keys <= _FIELDS | _OPTIONAL_FIELDS:
+            unknown, missing = sorted(keys - _FIELDS - _OPTIONAL_FIELDS), sorted(_FIELDS - keys)
             raise _malformed(
                 f"evidence fields do not match version 1 (unknown: {unknown}, missing: {missing})"
             )
@@ -163,8 +181,8 @@ class EvidenceBundle:
         if type(version) is not int or version != BUNDLE_VERSION:
             raise _malformed(f"unsupported evidence bundle version {version!r}")
         certificates = data["certificates"]
-        if not isinstance(certificates, list) or not 1 <= len(certificates) <= MAX_CERTIFICATES:
-            raise _malformed(f"evidence must carry 1..{MAX_CERTIFICATES} certificates")
+        if not isinstance(certificates, list) or len(certificates) > MAX_CERTIFICATES:
+            raise _malformed(f"evidence must carry 0..{MAX_CERTIFICATES} certificates")
         tee = data["tee"]
         if not isinstance(tee, str):
             raise _malformed("evidence field 'tee' must be a string")
@@ -178,6 +196,9 @@ class EvidenceBundle:
             hpke_public_key=_b64("hpke_public_key", data["hpke_public_key"], KEY_LENGTH),
             signing_public_key=_b64("signing_public_key", data["signing_public_key"], KEY_LENGTH),
             nonce=_b64("nonce", data["nonce"], NONCE_MAX_LENGTH),
+            collateral=(
+                _b64("collateral", data["collateral"], MAX_COLLATERAL_SIZE) if "collateral" in data else b""
+            ),
         )
 
 
