@@ -110,7 +110,7 @@ def test_evidence_slightly_in_the_future_passes(bundle, nonce, policy, now):
 
 
 def test_unknown_tee_rejected(bundle, nonce, policy, now):
-    snp = dataclasses.replace(bundle, tee="sev-snp")
+    snp = dataclasses.replace(bundle, tee="keystone")
     rejects("attestation.unsupported_tee", lambda: verify_evidence(snp, nonce=nonce, policy=policy, now=now))
 
 
@@ -233,7 +233,7 @@ def test_verify_simulated_alone_refuses_other_formats(bundle, platform, now):
 def test_unknown_tee_rejected_before_policy(bundle, nonce, policy, now):
     """Step (1) answers even when the policy would refuse simulated evidence."""
     strict = dataclasses.replace(policy, allow_simulated=False)
-    snp = dataclasses.replace(bundle, tee="sev-snp")
+    snp = dataclasses.replace(bundle, tee="keystone")
     rejects("attestation.unsupported_tee", lambda: verify_evidence(snp, nonce=nonce, policy=strict, now=now))
 
 
