@@ -209,9 +209,23 @@ def measure(
     typer.echo(value)
 
 
-@app.command()
-def attest(url: UrlOpt = DEFAULT_URL, policy: PolicyOpt = DEFAULT_POLICY, as_json: JsonOpt = False) -> None:
+attest_app = typer.Typer(
+    help="Verify the platform's enclave, or any evidence file, under your policy.",
+    invoke_without_command=True,
+)
+app.add_typer(attest_app, name="attest")
+
+
+@attest_app.callback()
+def attest(
+    ctx: typer.Context,
+    url: UrlOpt = DEFAULT_URL,
+    policy: PolicyOpt = DEFAULT_POLICY,
+    as_json: JsonOpt = False,
+) -> None:
     """Verify the platform's enclave under your policy and print the claims."""
+    if ctx.invoked_subcommand is not None:
+        return
 
     def action() -> None:
         with _client(url, None, policy) as client:
@@ -224,6 +238,126 @@ def attest(url: UrlOpt = DEFAULT_URL, policy: PolicyOpt = DEFAULT_POLICY, as_jso
             err.print("[bold green]attestation verified[/] under", str(policy))
 
     _run(action)
+
+
+def _parse_time(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError("input.malformed", f"--at {text!r} is not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise InputError("input.malformed", f"--at {text!r} needs a timezone (e.g. 2025-07-01T00:00:00Z)")
+    return value.astimezone(UTC)
+
+
+def _hex_option(name: str, text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise InputError("input.malformed", f"{name} must be hex") from None
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError("input.malformed", f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def appraisal_table(appraisal: Any) -> Table:
+    """Render the claims of an offline appraisal (all TEE types) as a table."""
+    claims = appraisal.claims
+    table = Table(title=f"Evidence claims ({appraisal.format})", show_header=False)
+    table.add_column("claim", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("TEE", claims.tee + (" [yellow](SIMULATED)[/]" if claims.simulated else ""))
+    table.add_row("measurement", claims.measurement)
+    table.add_row("report_data", claims.report_data.hex())
+    table.add_row("debug", str(claims.debug))
+    table.add_row("platform id", claims.platform_id)
+    table.add_row("svn", str(claims.svn))
+    table.add_row("root (sha256)", claims.root_fingerprint)
+    if claims.tcb_status is not None:
+        advisories = f" ({', '.join(claims.advisories)})" if claims.advisories else ""
+        table.add_row("TCB status", claims.tcb_status + advisories)
+    if claims.collateral_issued_at is not None:
+        table.add_row("collateral issued", claims.collateral_issued_at.isoformat())
+    for key in sorted(claims.raw):
+        value = claims.raw[key]
+        table.add_row(f"  {key}", escape(json.dumps(value) if isinstance(value, dict | list) else str(value)))
+    table.add_row("report_data checked", appraisal.binding)
+    return table
+
+
+@attest_app.command("verify")
+def attest_verify(
+    evidence: Annotated[Path, typer.Argument(help="Evidence bundle (JSON), SEV-SNP report or DCAP quote.")],
+    policy: PolicyOpt = DEFAULT_POLICY,
+    cert: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--cert", help="SEV-SNP certificates (PEM or DER; VCEK/VLEK, ASK/ASVK, ARK). Repeatable."
+        ),
+    ] = None,
+    collateral: Annotated[
+        Path | None, typer.Option(help="DCAP collateral JSON (TCB info, QE identity, CRLs).")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Verify as of this ISO 8601 time (default: now).")
+    ] = None,
+    nonce: Annotated[str | None, typer.Option(help="Challenge (hex) a bundle must answer.")] = None,
+    report_data: Annotated[
+        str | None, typer.Option("--report-data", help="Expected report_data (hex) of a raw report/quote.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify any evidence file (simulated, SEV-SNP, TDX, SGX) and print its claims and the verdict.
+
+    Exit code 0 when the policy accepts it, 1 when anything is refused.
+    """
+    from sealedml.attestation.appraisal import appraise
+
+    def action() -> Any:
+        certificates: list[bytes] = []
+        if cert:
+            from sealedml.attestation.evidence.snp import load_certificates
+
+            for path in cert:
+                certificates.extend(load_certificates(_read_file(path, "certificate file")))
+        return appraise(
+            _read_file(evidence, "evidence file"),
+            policy=_load_policy(policy),
+            now=_parse_time(at),
+            certificates=certificates,
+            collateral=_read_file(collateral, "collateral file") if collateral else None,
+            nonce=_hex_option("--nonce", nonce),
+            expected_report_data=_hex_option("--report-data", report_data),
+        )
+
+    appraisal = _run(action)
+    if as_json:
+        _print_json(
+            {
+                "format": appraisal.format,
+                "accepted": appraisal.accepted,
+                "claims": appraisal.claims.to_dict() if appraisal.claims else None,
+                "error": appraisal.error.to_dict() if appraisal.error else None,
+                "report_data_checked": appraisal.binding,
+            }
+        )
+    elif appraisal.claims is not None:
+        err.print(appraisal_table(appraisal))
+    if appraisal.accepted:
+        if appraisal.claims.simulated:
+            err.print(Panel(SIMULATED_BANNER, border_style="yellow", title="WARNING"))
+        err.print("[bold green]ACCEPTED[/] under", escape(str(policy)), highlight=False)
+        return
+    err.print(f"[bold red]REJECTED[/] {escape(appraisal.error.diagnostics())}", highlight=False)
+    raise typer.Exit(1)
 
 
 @policy_app.command("init")
