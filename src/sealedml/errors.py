@@ -209,7 +209,8 @@ HINTS: dict[str, str] = {
         "the report and its signing certificate name different chips or products"
     ),
     "attestation.policy_mismatch": (
-        "a signed field (host data, signer, product id, RTMR, ...) differs from your policy's reference values"
+        "a signed field (host data, signer, product id, RTMR, ...) differs from your policy's "
+        "reference values"
     ),
     "attestation.no_reference_values": (
         "your policy has no reference values for this TEE type, and policies deny by default"

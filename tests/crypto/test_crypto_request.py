@@ -234,6 +234,19 @@ def test_plaintext_shorter_than_a_response_key_is_malformed(enclave: RecipientKe
     assert enclave.open_request(prefix + body).payload == b""
 
 
+def test_declared_rows_are_public_and_authenticated(enclave: RecipientKey) -> None:
+    key = enclave.public_bytes
+    sealed = seal_request(enclave_public_key=key, op="predict", model="m", payload=b"p", rows=7)
+    assert sealed.header.rows == 7
+    assert peek_request(sealed.envelope).rows == 7
+    assert enclave.open_request(sealed.envelope).header.rows == 7
+    _expect(CryptoError, "crypto.auth_failed", enclave.open_request, _reencode(sealed.envelope, rows=70))
+    without = seal_request(enclave_public_key=enclave.public_bytes, op="predict", model="m", payload=b"p")
+    assert peek_request(without.envelope).rows is None
+    with pytest.raises(ValueError):
+        seal_request(enclave_public_key=enclave.public_bytes, op="predict", model="m", payload=b"p", rows=-1)
+
+
 # --- peek_request --------------------------------------------------------------------------------
 
 
@@ -255,6 +268,10 @@ def _header(enclave: RecipientKey, **overrides: object) -> dict[str, object]:
         ({"to": "zz" * 16}, "crypto.malformed"),
         ({"to": "ab" * 15}, "crypto.malformed"),
         ({"suite": None}, "crypto.malformed"),
+        ({"rows": -1}, "crypto.malformed"),
+        ({"rows": True}, "crypto.malformed"),
+        ({"rows": "3"}, "crypto.malformed"),
+        ({"rows": 2**40 + 1}, "crypto.malformed"),
     ],
 )
 def test_peek_request_rejects_bad_headers(

@@ -70,7 +70,11 @@ def sealed_predict(platform, model_id: str, columns: list[str], rows: np.ndarray
     info = httpx.get(platform.url + "/v1/enclave").json()
     body = payload.pack({"columns": columns}, {"features": rows.astype(np.float32)})
     return seal_request(
-        enclave_public_key=bytes.fromhex(info["hpke_public_key"]), op="predict", model=model_id, payload=body
+        enclave_public_key=bytes.fromhex(info["hpke_public_key"]),
+        op="predict",
+        model=model_id,
+        payload=body,
+        rows=len(rows),
     )
 
 
@@ -214,6 +218,26 @@ def test_request_for_another_model_is_refused(platform, world, cancer) -> None:
     assert (response.status_code, api_error(response)) == (400, "request.invalid")
 
 
+def test_declared_rows_must_match_the_payload(platform, world, cancer) -> None:
+    """The platform meters the declared row count; the enclave refuses a request that lies about it."""
+    info = httpx.get(platform.url + "/v1/enclave").json()
+    features = cancer.test[cancer.features].to_numpy(np.float32)[:3]
+    body = payload.pack({"columns": cancer.features}, {"features": features})
+    path = f"/v1/models/{world['model'].id}/predict"
+    before = stored_state(platform.data_dir)
+    for rows, code in ((1, "request.invalid"), (None, "request.invalid")):
+        sealed = seal_request(
+            enclave_public_key=bytes.fromhex(info["hpke_public_key"]),
+            op="predict",
+            model=world["model"].id,
+            payload=body,
+            rows=rows,
+        )
+        response = raw_post(platform, world["owner"], path, sealed.envelope)
+        assert (response.status_code, api_error(response)) == (400, code)
+    assert stored_state(platform.data_dir) == before
+
+
 def test_stale_request_is_refused(platform, world, cancer) -> None:
     info = httpx.get(platform.url + "/v1/enclave").json()
     body = payload.pack(
@@ -225,6 +249,7 @@ def test_stale_request_is_refused(platform, world, cancer) -> None:
         model=world["model"].id,
         payload=body,
         now=int(datetime.now(UTC).timestamp()) - 3600,
+        rows=2,
     )
     before = stored_state(platform.data_dir)
     response = raw_post(platform, world["owner"], f"/v1/models/{world['model'].id}/predict", sealed.envelope)

@@ -167,6 +167,7 @@ class Env:
             model=model,
             payload=b"opaque payload",
             request_id=request_id,
+            rows=1 if op == "predict" else None,
         ).envelope
 
     def blob_files(self) -> list[str]:

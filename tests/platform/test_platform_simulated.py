@@ -98,6 +98,7 @@ def test_real_enclave_predict_replay_and_rejection(real) -> None:
             op="predict",
             model=model_id,
             payload=body,
+            rows=2,
         )
         response = http.post(f"/v1/models/{model_id}/predict", content=sealed.envelope)
         assert response.status_code == 200, response.text
@@ -122,6 +123,7 @@ def test_real_enclave_predict_replay_and_rejection(real) -> None:
             op="predict",
             model=model_id,
             payload=payload.pack({"columns": ["x", "y", "z", "w"]}, {"features": features}),
+            rows=2,
         )
         rejected = http.post(f"/v1/models/{model_id}/predict", content=wrong_columns.envelope)
         assert rejected.status_code == 422

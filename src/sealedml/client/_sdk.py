@@ -207,7 +207,7 @@ class SealedMLClient:
         return self._attested
 
     def _sealed_call(
-        self, path: str, *, op: str, model_id: str, body: bytes
+        self, path: str, *, op: str, model_id: str, body: bytes, rows: int | None = None
     ) -> tuple[AttestationResult, Any, bytes, dict[str, Any]]:
         """Seal ``body`` to the attested enclave, POST it, and open the answer.
 
@@ -217,7 +217,7 @@ class SealedMLClient:
         for attempt in (0, 1):
             attestation = self._attestation()
             sealed = seal_request(
-                enclave_public_key=attestation.hpke_public_key, op=op, model=model_id, payload=body
+                enclave_public_key=attestation.hpke_public_key, op=op, model=model_id, payload=body, rows=rows
             )
             try:
                 answer = self._json(
@@ -378,7 +378,11 @@ class SealedMLClient:
                 raise InputError("input.schema_mismatch", "columns do not match the model's input schema")
         body = payload.pack({"columns": list(info.input_columns)}, {"features": features})
         _, answer, plain, receipt = self._sealed_call(
-            f"/v1/models/{info.id}/predict", op="predict", model_id=info.id, body=body
+            f"/v1/models/{info.id}/predict",
+            op="predict",
+            model_id=info.id,
+            body=body,
+            rows=int(features.shape[0]),
         )
         meta, arrays = payload.unpack(plain)
         job_id = str(answer.get("job_id"))

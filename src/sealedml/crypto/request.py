@@ -17,6 +17,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -31,6 +32,8 @@ RESPONSE_ALG = "A256GCM"
 _SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_128_GCM)
 RESPONSE_KEY_SIZE = 32
 MAX_ID = 128
+MAX_ROWS = 2**40
+"""Upper bound on a declared row count (public metering metadata)."""
 
 
 def key_id(public_key: bytes) -> str:
@@ -47,6 +50,8 @@ class RequestHeader:
     request_id: str
     issued_at: int
     recipient: str
+    rows: int | None = None
+    """Rows the request declares (public, for metering); the enclave checks it against the payload."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ def seal_request(
     payload: bytes,
     request_id: str | None = None,
     now: int | None = None,
+    rows: int | None = None,
 ) -> SealedRequest:
     """Seal ``payload`` for the enclave holding ``enclave_public_key``.
 
@@ -97,18 +103,21 @@ def seal_request(
         request_id=rid,
         issued_at=int(time.time()) if now is None else int(now),
         recipient=key_id(enclave_public_key),
+        rows=rows,
     )
-    prefix = encode_prefix(
-        Kind.REQUEST,
-        {
-            "iat": header.issued_at,
-            "model": model,
-            "op": op,
-            "rid": rid,
-            "suite": SUITE_NAME,
-            "to": header.recipient,
-        },
-    )
+    if rows is not None and (type(rows) is not int or not 0 <= rows <= MAX_ROWS):
+        raise ValueError(f"rows must be an integer in 0..{MAX_ROWS}")
+    public: dict[str, object] = {
+        "iat": header.issued_at,
+        "model": model,
+        "op": op,
+        "rid": rid,
+        "suite": SUITE_NAME,
+        "to": header.recipient,
+    }
+    if rows is not None:
+        public["rows"] = rows
+    prefix = encode_prefix(Kind.REQUEST, public)
     response_key = os.urandom(RESPONSE_KEY_SIZE)
     public_key = x25519.X25519PublicKey.from_public_bytes(enclave_public_key)
     body = _SUITE.encrypt(response_key + payload, public_key, info=prefix)
@@ -129,12 +138,22 @@ def peek_request(envelope: bytes) -> RequestHeader:
         request_id=field(env.header, "rid", str),
         issued_at=field(env.header, "iat", int),
         recipient=hex_field(env.header, "to", 16).hex(),
+        rows=_rows(env.header),
     )
     for name in ("op", "model", "request_id"):
         value = getattr(header, name)
         if not value or len(value) > MAX_ID or not value.isprintable():
             raise CryptoError("crypto.malformed", f"request {name} is out of bounds")
     return header
+
+
+def _rows(header: dict[str, Any]) -> int | None:
+    if "rows" not in header:
+        return None
+    rows = header["rows"]
+    if type(rows) is not int or not 0 <= rows <= MAX_ROWS:
+        raise CryptoError("crypto.malformed", "request rows is out of bounds")
+    return rows
 
 
 class RecipientKey:

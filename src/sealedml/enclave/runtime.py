@@ -246,6 +246,12 @@ class Enclave:
         meta, arrays = payload.unpack(opened.payload)
         features = check_features(model, meta.get("columns"), arrays.get("features"), self._max_rows)
         rows = int(features.shape[0])
+        if opened.header.rows != rows:
+            raise RequestError(
+                "request.invalid",
+                f"the request declares {opened.header.rows} rows but carries {rows}: "
+                "the declared count is what the platform meters",
+            )
         usage = model.reserve(client, rows)
         try:
             outputs = run_model(model, features)

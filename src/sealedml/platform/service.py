@@ -268,6 +268,10 @@ class PlatformService:
         """
         require_role(caller, "data_owner")
         header = check_request(envelope, op="predict", model_id=model_id)
+        if header.rows is None:
+            raise RequestError(
+                "request.invalid", "a predict request must declare its row count (upgrade the client)"
+            )
         model, replayed = await run_sync(self.catalog.prediction_context, model_id, header.request_id)
         if model is None:
             raise NotFoundError("not_found.model", "no such model")
