@@ -113,6 +113,20 @@ class ReceiptError(SealedMLError):
     default_status = 422
 
 
+class BillingError(SealedMLError):
+    """A charge cannot be made: not enough credit, or a bad amount."""
+
+    prefix = "billing"
+    default_status = 402
+
+
+class LedgerError(SealedMLError):
+    """The transparency log or its chain anchor does not prove what it should."""
+
+    prefix = "ledger"
+    default_status = 422
+
+
 class NetworkError(SealedMLError):
     """The platform could not be reached or did not answer in time."""
 
@@ -153,6 +167,10 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found.job": 404,
     "not_found.account": 404,
     "not_found.route": 404,
+    "not_found.listing": 404,
+    "not_found.entry": 404,
+    "billing.insufficient_credit": 402,
+    "billing.invalid_amount": 400,
     "enclave.unavailable": 503,
     "enclave.protocol": 502,
     "enclave.internal": 500,
@@ -223,6 +241,15 @@ HINTS: dict[str, str] = {
     "model.not_uploaded": "upload the encrypted model (PUT /v1/models/{id}/blob) before provisioning",
     "auth.missing_token": "pass --token or set SEALEDML_TOKEN",
     "enclave.unavailable": "the enclave process is not running; check the server log",
+    "billing.insufficient_credit": "ask the platform operator for credits (`sealedml market credit`)",
+    "not_found.listing": "list what is on offer with `sealedml market models|datasets|resources`",
+    "ledger.inclusion_invalid": (
+        "the log cannot prove it holds this receipt: the host may have dropped or altered it"
+    ),
+    "ledger.consistency_invalid": (
+        "the log's new tree head does not extend the old one: the host rewrote history (a fork)"
+    ),
+    "ledger.sth_signature_invalid": "the tree head is not signed by the log key you pinned",
 }
 
 _CLASS_BY_PREFIX: dict[str, type[SealedMLError]] = {
@@ -239,6 +266,8 @@ _CLASS_BY_PREFIX: dict[str, type[SealedMLError]] = {
         ReceiptError,
         NetworkError,
         ConfigError,
+        BillingError,
+        LedgerError,
     )
 }
 

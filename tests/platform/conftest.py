@@ -113,7 +113,7 @@ class FakeEnclave:
         if header.request_id in self.seen_requests:
             raise RequestError("request.replayed", "seen before")
         self.seen_requests.add(header.request_id)
-        rows = 3
+        rows = header.rows if header.rows is not None else 3
         total = self.usage.get((model_id, client), 0) + rows
         self.usage[(model_id, client)] = total
         receipt = {"kind": "predict", "job": job_id, "model": model_id, "rows": rows, "client": client}
@@ -167,7 +167,7 @@ class Env:
             model=model,
             payload=b"opaque payload",
             request_id=request_id,
-            rows=1 if op == "predict" else None,
+            rows=3 if op == "predict" else None,
         ).envelope
 
     def blob_files(self) -> list[str]:

@@ -61,7 +61,7 @@ def test_admin_creates_accounts_of_each_role(env) -> None:
         assert set(body) == {"id", "name", "role", "token"}
         assert body["role"] == role and body["token"].startswith("sml_")
         me = env.client(body["token"]).get("/v1/me").json()
-        assert me == {"id": body["id"], "name": name, "role": role}
+        assert me == {"id": body["id"], "name": name, "role": role, "balance": 0}
 
 
 def test_tokens_are_stored_only_as_hashes(env) -> None:

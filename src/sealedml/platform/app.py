@@ -26,9 +26,11 @@ from sealedml.platform.catalog import Catalog, JobRecord, ModelRecord
 from sealedml.platform.db import Database
 from sealedml.platform.enclave_manager import EnclaveSupervisor, Relauncher
 from sealedml.platform.schemas import (
+    AccountBalanceOut,
     AccountCreate,
     AccountCreated,
-    AccountOut,
+    CreditGrant,
+    CreditOut,
     EnclaveInfoOut,
     ErrorBody,
     Health,
@@ -36,6 +38,7 @@ from sealedml.platform.schemas import (
     JobResultOut,
     ModelCreate,
     ModelOut,
+    ModelUpdate,
     PredictOut,
     ProvisionOut,
 )
@@ -94,6 +97,9 @@ def model_out(model: ModelRecord) -> ModelOut:
         model_sha256=model.model_sha256,
         measurement=model.measurement,
         created_at=model.created_at,
+        version=model.version,
+        price_per_row=model.price_per_row,
+        allowed_measurements=list(model.allowed_measurements),
     )
 
 
@@ -231,6 +237,9 @@ def create_app(
     ensure_admin(auth, db, settings.admin_token_path)
     supervisor = EnclaveSupervisor(enclave, hello_ttl=settings.hello_ttl_seconds, relauncher=relauncher)
     service = PlatformService(settings, Catalog(db), BlobStore(settings.blob_dir), auth, supervisor)
+    released = service.billing.release_stale_holds()
+    if released:
+        log.warning("refunded %d charges held by jobs that did not finish before the last stop", released)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -316,10 +325,22 @@ def create_app(
         account, token = await service.create_account(caller, body.name, body.role)
         return AccountCreated(id=account.id, name=account.name, role=account.role, token=token)  # type: ignore[arg-type]
 
-    @app.get("/v1/me", tags=["accounts"], response_model=AccountOut, responses=auth_errors)
-    async def me(caller: Caller) -> AccountOut:
-        """The authenticated account."""
-        return AccountOut(id=caller.id, name=caller.name, role=caller.role)  # type: ignore[arg-type]
+    @app.get("/v1/me", tags=["accounts"], response_model=AccountBalanceOut, responses=auth_errors)
+    async def me(caller: Caller) -> AccountBalanceOut:
+        """The authenticated account and its credit balance."""
+        balance = await service.balance(caller)
+        return AccountBalanceOut(id=caller.id, name=caller.name, role=caller.role, balance=balance)  # type: ignore[arg-type]
+
+    @app.post(
+        "/v1/accounts/{account_id}/credits",
+        tags=["accounts"],
+        response_model=CreditOut,
+        responses=auth_errors | _errors(400, 404),
+    )
+    async def grant_credits(account_id: str, body: CreditGrant, caller: Caller) -> CreditOut:
+        """Add credits to an account (admin only)."""
+        balance = await service.grant_credits(caller, account_id, body.amount)
+        return CreditOut(account_id=account_id, balance=balance)
 
     # -- models -------------------------------------------------------------------------------
     @app.post(
@@ -337,8 +358,22 @@ def create_app(
             description=body.description,
             input_columns=body.input_columns,
             output_policy=body.output_policy.model_dump() if body.output_policy else None,
+            version=body.version,
+            price_per_row=body.price_per_row,
+            allowed_measurements=tuple(body.allowed_measurements),
         )
         return model_out(model)
+
+    @app.patch(
+        "/v1/models/{model_id}",
+        tags=["models"],
+        response_model=ModelOut,
+        responses=auth_errors | _errors(400, 404, 422),
+    )
+    async def update_model(model_id: str, body: ModelUpdate, caller: Caller) -> ModelOut:
+        """Change the caller's model listing: description, version, price, allowed measurements."""
+        changes = body.model_dump(exclude_none=True)
+        return model_out(await service.update_listing(caller, model_id, changes))
 
     @app.get("/v1/models", tags=["models"], response_model=list[ModelOut], responses=auth_errors)
     async def list_models(caller: Caller) -> list[ModelOut]:

@@ -7,6 +7,7 @@ does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +42,9 @@ class ModelRecord:
     model_sha256: str | None
     measurement: str | None
     created_at: datetime
+    version: str = "1"
+    price_per_row: int = 0
+    allowed_measurements: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, row: Model) -> ModelRecord:
@@ -60,6 +64,9 @@ class ModelRecord:
             model_sha256=row.model_sha256,
             measurement=row.measurement,
             created_at=_aware(row.created_at),
+            version=row.version,
+            price_per_row=int(row.price_per_row),
+            allowed_measurements=tuple(row.allowed_measurements or ()),
         )
 
     def visible_to(self, account_id: str) -> bool:
@@ -76,6 +83,7 @@ class PredictTarget:
     status: str
     blob_path: str | None
     sealed_key: bytes | None
+    price_per_row: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,9 @@ class Catalog:
         description: str,
         input_columns: list[str],
         output_policy: dict[str, Any] | None,
+        version: str = "1",
+        price_per_row: int = 0,
+        allowed_measurements: tuple[str, ...] = (),
     ) -> ModelRecord:
         """Insert a model in status ``created``; raises ``input.conflict`` if the name is taken."""
         try:
@@ -139,6 +150,9 @@ class Catalog:
                     input_columns=input_columns,
                     output_policy=output_policy,
                     status="created",
+                    version=version,
+                    price_per_row=price_per_row,
+                    allowed_measurements=list(allowed_measurements),
                 )
                 session.add(row)
                 session.flush()
@@ -161,6 +175,24 @@ class Catalog:
                 .order_by(Model.name)
             )
             return [ModelRecord.of(row) for row in rows]
+
+    def update_listing(self, model_id: str, owner_id: str, changes: dict[str, Any]) -> ModelRecord | None:
+        """Change a model's public listing (description, version, price, allowed measurements).
+
+        Returns the updated record, or ``None`` if the model does not exist for this owner.
+        """
+        allowed = {"description", "version", "price_per_row", "allowed_measurements"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"not a listing field: {sorted(unknown)}")
+        with self.db.session() as session:
+            row = session.get(Model, model_id)
+            if row is None or row.owner_id != owner_id:
+                return None
+            for key, value in changes.items():
+                setattr(row, key, list(value) if key == "allowed_measurements" else value)
+            session.flush()
+            return ModelRecord.of(row)
 
     def set_blob(
         self, model_id: str, owner_id: str, blob: StoredBlob
@@ -246,6 +278,7 @@ class Catalog:
                     models.c.status,
                     models.c.blob_path,
                     models.c.sealed_key,
+                    models.c.price_per_row,
                     seen,
                 ).where(models.c.id == model_id)
             ).one_or_none()
@@ -257,6 +290,7 @@ class Catalog:
             status=row.status,
             blob_path=row.blob_path,
             sealed_key=row.sealed_key,
+            price_per_row=int(row.price_per_row),
         )
         return target, bool(row.seen)
 
@@ -272,11 +306,13 @@ class Catalog:
         signature: str,
         result_path: str,
         usage: int,
+        in_transaction: Callable[[Connection], None] | None = None,
     ) -> JobRecord:
         """Insert a finished job and raise the client's usage counter, in one transaction.
 
         Raises ``request.replayed`` if another job already used ``request_id``. The usage counter
         only moves up (the enclave's total is authoritative, and answers may arrive out of order).
+        ``in_transaction`` runs inside the same transaction (billing settles the job's charge there).
         """
         job = JobRecord(
             id=job_id,
@@ -294,6 +330,8 @@ class Catalog:
             with self.db.begin() as conn:
                 conn.execute(insert(Job.__table__).values(**asdict(job)))
                 self._raise_usage(conn, model_id, owner_id, usage)
+                if in_transaction is not None:
+                    in_transaction(conn)
         except IntegrityError as exc:
             raise RequestError("request.replayed", "this request id was already used") from exc
         return job

@@ -17,16 +17,20 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -34,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 ROLES = ("admin", "provider", "data_owner")
 MODEL_STATUSES = ("created", "uploaded", "ready")
 JOB_STATUSES = ("done",)
+CHARGE_STATUSES = ("held", "settled", "refunded")
 
 
 def new_id() -> str:
@@ -60,12 +65,16 @@ class Account(Base):
     """A tenant: only the SHA-256 of its bearer token is stored."""
 
     __tablename__ = "accounts"
-    __table_args__ = (CheckConstraint(_in("role", ROLES), name="ck_accounts_role"),)
+    __table_args__ = (
+        CheckConstraint(_in("role", ROLES), name="ck_accounts_role"),
+        CheckConstraint("balance >= 0", name="ck_accounts_balance"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     role: Mapped[str] = mapped_column(String(16))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -73,7 +82,10 @@ class Model(Base):
     """A published model: public description plus pointers to its ciphertext."""
 
     __tablename__ = "models"
-    __table_args__ = (CheckConstraint(_in("status", MODEL_STATUSES), name="ck_models_status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", MODEL_STATUSES), name="ck_models_status"),
+        CheckConstraint("price_per_row >= 0", name="ck_models_price"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
@@ -88,6 +100,9 @@ class Model(Base):
     sealed_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     measurement: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    version: Mapped[str] = mapped_column(String(32), default="1")
+    price_per_row: Mapped[int] = mapped_column(BigInteger, default=0)
+    allowed_measurements: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -120,6 +135,78 @@ class ModelUsage(Base):
     model_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     client_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     rows: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Charge(Base):
+    """What one job costs: held before the enclave runs, settled with the job, refunded if it fails.
+
+    At most one held or settled charge exists per ``request_id`` (a partial unique index), so a
+    retried request is never charged twice, while a request that failed and was refunded may be
+    sent again.
+    """
+
+    __tablename__ = "charges"
+    __table_args__ = (
+        CheckConstraint(_in("status", CHARGE_STATUSES), name="ck_charges_status"),
+        CheckConstraint("amount >= 0", name="ck_charges_amount"),
+        Index(
+            "ux_charges_live_request",
+            "request_id",
+            unique=True,
+            sqlite_where=text("status != 'refunded'"),
+            postgresql_where=text("status != 'refunded'"),
+        ),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
+    payer_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    payee_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    model_id: Mapped[str] = mapped_column(String(32), index=True)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class DatasetListing(Base):
+    """A dataset offered for training collaborations: its schema and size, never its rows."""
+
+    __tablename__ = "dataset_listings"
+    __table_args__ = (CheckConstraint("price >= 0", name="ck_datasets_price"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    columns: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    price: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TeeResource(Base):
+    """An enclave worker offered as capacity, with the outcome of its last attestation check."""
+
+    __tablename__ = "tee_resources"
+    __table_args__ = (CheckConstraint("price_per_hour >= 0", name="ck_resources_price"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    tee: Mapped[str] = mapped_column(String(32))
+    simulated: Mapped[bool] = mapped_column(Boolean)
+    measurement: Mapped[str] = mapped_column(String(128))
+    instance_id: Mapped[str] = mapped_column(String(64))
+    price_per_hour: Mapped[int] = mapped_column(BigInteger, default=0)
+    passing: Mapped[bool] = mapped_column(Boolean, default=False)
+    claims: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    verified_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -7,11 +7,14 @@ an opaque ciphertext (base64) or a signed receipt.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+VERSION_PATTERN = r"^[A-Za-z0-9._+-]{1,32}$"
+MEASUREMENT_PATTERN = r"^[0-9a-f]{64}$|^[0-9a-f]{96}$"
+MAX_ALLOWED_MEASUREMENTS = 64
 MAX_COLUMNS = 100_000
 MAX_COLUMN_NAME = 256
 OUTPUT_MODES = ("probabilities", "rounded", "label")
@@ -70,6 +73,25 @@ class AccountOut(BaseModel):
     role: Role
 
 
+class AccountBalanceOut(AccountOut):
+    """An account with its credit balance."""
+
+    balance: int
+
+
+class CreditGrant(_Strict):
+    """Credits to add to an account (admin only). Validated by the service: 1..10^15."""
+
+    amount: int
+
+
+class CreditOut(BaseModel):
+    """An account's balance after a grant."""
+
+    account_id: str
+    balance: int
+
+
 class AccountCreated(AccountOut):
     """A new account and its bearer token: shown once, stored nowhere in clear."""
 
@@ -90,6 +112,13 @@ class ModelCreate(_Strict):
     description: str = Field(default="", max_length=4096)
     input_columns: list[str] = Field(min_length=1, max_length=MAX_COLUMNS)
     output_policy: OutputPolicyIn | None = None
+    version: str = Field(default="1", pattern=VERSION_PATTERN)
+    price_per_row: int = Field(default=0, description="credits per predicted row (validated by the service)")
+    allowed_measurements: list[Annotated[str, Field(pattern=MEASUREMENT_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=MAX_ALLOWED_MEASUREMENTS,
+        description="enclave measurements allowed to run the model (empty: the one it was provisioned to)",
+    )
 
     @field_validator("input_columns")
     @classmethod
@@ -100,6 +129,17 @@ class ModelCreate(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("column names must be distinct")
         return value
+
+
+class ModelUpdate(_Strict):
+    """Changes to a model's public listing (owner only); absent fields stay as they are."""
+
+    description: str | None = Field(default=None, max_length=4096)
+    version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    price_per_row: int | None = None
+    allowed_measurements: list[Annotated[str, Field(pattern=MEASUREMENT_PATTERN)]] | None = Field(
+        default=None, max_length=MAX_ALLOWED_MEASUREMENTS
+    )
 
 
 class ModelOut(BaseModel):
@@ -117,6 +157,9 @@ class ModelOut(BaseModel):
     model_sha256: str | None = Field(description="digest of the plaintext ONNX, reported by the enclave")
     measurement: str | None = Field(description="measurement of the enclave that sealed the key")
     created_at: datetime
+    version: str = "1"
+    price_per_row: int = 0
+    allowed_measurements: list[str] = Field(default_factory=list)
 
 
 class ProvisionOut(BaseModel):

@@ -19,8 +19,18 @@ import anyio.to_thread
 from sealedml.crypto.envelope import MAX_HEADER
 from sealedml.crypto.request import RequestHeader, peek_request
 from sealedml.crypto.stream import read_stream_header
-from sealedml.errors import AuthError, CryptoError, InputError, ModelError, NotFoundError, RequestError
+from sealedml.errors import (
+    AuthError,
+    CryptoError,
+    EnclaveError,
+    InputError,
+    ModelError,
+    NotFoundError,
+    RequestError,
+    SealedMLError,
+)
 from sealedml.platform.auth import Authenticator, Principal
+from sealedml.platform.billing import Billing, check_amount
 from sealedml.platform.catalog import Catalog, JobRecord, ModelRecord, PredictTarget
 from sealedml.platform.db import new_id
 from sealedml.platform.enclave_manager import EnclaveSupervisor, LoadMaterial
@@ -132,6 +142,7 @@ class PlatformService:
         self.blobs = blobs
         self.auth = auth
         self.enclave = enclave
+        self.billing = Billing(catalog.db)
 
     # -- accounts -----------------------------------------------------------------------------
     async def authenticate(self, token: str) -> Principal:
@@ -146,6 +157,17 @@ class PlatformService:
         log.info("account %s (%s) created by %s", principal.id, role, caller.id)
         return principal, token
 
+    async def grant_credits(self, caller: Principal, account_id: str, amount: int) -> int:
+        """Add credits to an account (admin only); returns the new balance."""
+        require_role(caller, "admin")
+        balance = await run_sync(self.billing.grant, account_id, amount)
+        log.info("granted %d credits to %s (by %s)", amount, account_id, caller.id)
+        return balance
+
+    async def balance(self, caller: Principal) -> int:
+        """Return the caller's own balance."""
+        return await run_sync(self.billing.balance, caller.id)
+
     # -- models -------------------------------------------------------------------------------
     async def create_model(
         self,
@@ -155,9 +177,16 @@ class PlatformService:
         description: str,
         input_columns: list[str],
         output_policy: dict[str, Any] | None,
+        version: str = "1",
+        price_per_row: int = 0,
+        allowed_measurements: tuple[str, ...] = (),
     ) -> ModelRecord:
-        """Register a model owned by ``caller`` (provider only), status ``created``."""
+        """Register a model owned by ``caller`` (provider only), status ``created``.
+
+        ``price_per_row`` must be 0..MAX_CREDIT credits (``billing.invalid_amount`` otherwise).
+        """
         require_role(caller, "provider")
+        check_amount(price_per_row, "price_per_row")
         return await run_sync(
             self.catalog.create_model,
             owner_id=caller.id,
@@ -165,7 +194,21 @@ class PlatformService:
             description=description,
             input_columns=input_columns,
             output_policy=output_policy,
+            version=version,
+            price_per_row=price_per_row,
+            allowed_measurements=allowed_measurements,
         )
+
+    async def update_listing(self, caller: Principal, model_id: str, changes: dict[str, Any]) -> ModelRecord:
+        """Change the caller's model listing; a price must be 0..MAX_CREDIT. Nothing else changes."""
+        require_role(caller, "provider")
+        if "price_per_row" in changes:
+            check_amount(changes["price_per_row"], "price_per_row")
+        await self.owned_model(caller, model_id)
+        updated = await run_sync(self.catalog.update_listing, model_id, caller.id, changes)
+        if updated is None:
+            raise NotFoundError("not_found.model", "no such model")
+        return updated
 
     async def visible_model(self, caller: Principal, model_id: str) -> ModelRecord:
         """Return the model if ``caller`` may see it; otherwise ``not_found.model``."""
@@ -263,8 +306,10 @@ class PlatformService:
 
         Guarantees: only data owners predict; the request must be a ``predict`` request for this
         model, whose status is ``ready`` (``model.not_provisioned``), with a request id never
-        recorded before (``request.replayed``). Job row, usage counter and response envelope are
-        stored together, or not at all.
+        recorded before (``request.replayed``). Job row, usage counter, response envelope and the
+        settled charge are stored together, or not at all. The price (declared rows x
+        price_per_row) is held before the enclave runs (``billing.insufficient_credit`` if the
+        balance does not cover it) and refunded if the job fails.
         """
         require_role(caller, "data_owner")
         header = check_request(envelope, op="predict", model_id=model_id)
@@ -280,10 +325,29 @@ class PlatformService:
         if replayed:
             raise RequestError("request.replayed", "this request id was already used")
         job_id = new_id()
-        result = await self.enclave.predict(
-            model_id, caller.id, job_id, envelope, partial(self._load_material, model)
+        rows = header.rows
+        assert rows is not None
+        await run_sync(
+            self.billing.hold,
+            job_id=job_id,
+            request_id=header.request_id,
+            payer_id=caller.id,
+            payee_id=model.owner_id,
+            model_id=model_id,
+            rows=rows,
+            price_per_row=model.price_per_row,
         )
-        job = await run_sync(self._store_job, job_id, caller, model_id, header.request_id, result)
+        try:
+            result = await self.enclave.predict(
+                model_id, caller.id, job_id, envelope, partial(self._load_material, model)
+            )
+            if result.rows != rows:  # the enclave enforces this; a mismatch means a broken peer
+                raise EnclaveError("enclave.protocol", "the enclave reported another row count than declared")
+            job = await run_sync(self._store_job, job_id, caller, model_id, header.request_id, result)
+        except BaseException as exc:
+            reason = exc.code if isinstance(exc, SealedMLError) else type(exc).__name__
+            await run_sync(self.billing.refund, job_id, f"job failed: {reason}")
+            raise
         return PredictOutcome(job=job, result=result)
 
     async def _load_material(self, model: PredictTarget) -> LoadMaterial:
@@ -314,6 +378,7 @@ class PlatformService:
                 signature=result.signature,
                 result_path=stored.path,
                 usage=result.usage,
+                in_transaction=lambda conn: self.billing.settle(conn, job_id),
             )
         except BaseException:
             self.blobs.delete(stored.path)
