@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 VERSION_PATTERN = r"^[A-Za-z0-9._+-]{1,32}$"
@@ -82,7 +82,7 @@ class AccountBalanceOut(AccountOut):
 class CreditGrant(_Strict):
     """Credits to add to an account (admin only). Validated by the service: 1..10^15."""
 
-    amount: int
+    amount: StrictInt
 
 
 class CreditOut(BaseModel):
@@ -113,7 +113,9 @@ class ModelCreate(_Strict):
     input_columns: list[str] = Field(min_length=1, max_length=MAX_COLUMNS)
     output_policy: OutputPolicyIn | None = None
     version: str = Field(default="1", pattern=VERSION_PATTERN)
-    price_per_row: int = Field(default=0, description="credits per predicted row (validated by the service)")
+    price_per_row: StrictInt = Field(
+        default=0, description="credits per predicted row (validated by the service)"
+    )
     allowed_measurements: list[Annotated[str, Field(pattern=MEASUREMENT_PATTERN)]] = Field(
         default_factory=list,
         max_length=MAX_ALLOWED_MEASUREMENTS,
@@ -136,7 +138,7 @@ class ModelUpdate(_Strict):
 
     description: str | None = Field(default=None, max_length=4096)
     version: str | None = Field(default=None, pattern=VERSION_PATTERN)
-    price_per_row: int | None = None
+    price_per_row: StrictInt | None = None
     allowed_measurements: list[Annotated[str, Field(pattern=MEASUREMENT_PATTERN)]] | None = Field(
         default=None, max_length=MAX_ALLOWED_MEASUREMENTS
     )
