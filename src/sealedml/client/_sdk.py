@@ -28,6 +28,7 @@ from sealedml.attestation.evidence.bundle import EvidenceBundle
 from sealedml.attestation.policy import AppraisalPolicy
 from sealedml.attestation.verifier import verify_evidence
 from sealedml.client._data import iter_table, select_features
+from sealedml.client._market import MarketAPI
 from sealedml.client._models import PreparedModel
 from sealedml.client._receipts import ReceiptBundle, check_job, verify_receipt
 from sealedml.crypto.request import open_response, seal_request
@@ -122,6 +123,11 @@ class SealedMLClient:
         self._attested: AttestationResult | None = None
         self._attested_at = 0.0
         self._models: dict[str, ModelInfo] = {}
+
+    @property
+    def market(self) -> MarketAPI:
+        """Marketplace calls: listings, prices, credits, the usage report."""
+        return MarketAPI(self._json)
 
     def __enter__(self) -> SealedMLClient:
         return self
@@ -279,6 +285,9 @@ class SealedMLClient:
         description: str = "",
         output_policy: dict[str, Any] | None = None,
         query_budget: int | None = None,
+        price_per_row: int = 0,
+        version: str = "1",
+        allowed_measurements: Sequence[str] = (),
     ) -> PublishedModel:
         """Encrypt a model under a fresh key, upload it, and provision the key to the attested enclave.
 
@@ -295,6 +304,9 @@ class SealedMLClient:
                 "description": description,
                 "input_columns": list(prepared.input_columns),
                 "output_policy": output_policy or {"mode": "probabilities", "decimals": 2},
+                "price_per_row": price_per_row,
+                "version": version,
+                "allowed_measurements": list(allowed_measurements),
             },
         )
         model_id = str(created["id"])

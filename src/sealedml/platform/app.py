@@ -25,6 +25,8 @@ from sealedml.platform.auth import Authenticator, Principal, bearer_token, ensur
 from sealedml.platform.catalog import Catalog, JobRecord, ModelRecord
 from sealedml.platform.db import Database
 from sealedml.platform.enclave_manager import EnclaveSupervisor, Relauncher
+from sealedml.platform.market import Market
+from sealedml.platform.market_api import install_market_routes
 from sealedml.platform.schemas import (
     AccountBalanceOut,
     AccountCreate,
@@ -47,6 +49,7 @@ from sealedml.platform.settings import Settings
 from sealedml.platform.storage import BlobStore
 
 if TYPE_CHECKING:
+    from sealedml.attestation.policy import AppraisalPolicy
     from sealedml.tee.client import EnclaveClient
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ TAGS: list[dict[str, Any]] = [
     {"name": "models", "description": "Encrypted models: register, upload, provision the key, delete."},
     {"name": "predictions", "description": "Sealed prediction requests relayed to the enclave."},
     {"name": "jobs", "description": "Finished jobs: signed receipts and stored response envelopes."},
+    {"name": "market", "description": "Listings of models, datasets and TEE resources; the usage report."},
 ]
 
 _OCTET_BODY: dict[str, Any] = {
@@ -221,7 +225,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    settings: Settings, enclave: "EnclaveClient", *, relauncher: Relauncher | None = None
+    settings: Settings,
+    enclave: "EnclaveClient",
+    *,
+    relauncher: Relauncher | None = None,
+    appraisal_policy: "AppraisalPolicy | None" = None,
 ) -> FastAPI:
     """Build the platform API over ``settings`` and a running enclave client.
 
@@ -258,7 +266,16 @@ def create_app(
         openapi_tags=TAGS,
         lifespan=lifespan,
     )
+    market = Market(
+        db,
+        supervisor,
+        appraisal_policy if appraisal_policy is not None else settings.appraisal_policy(),
+        resource_name=settings.resource_name,
+        price_per_hour=settings.resource_price_per_hour,
+        ttl_seconds=settings.attestation_ttl_seconds,
+    )
     app.state.service = service
+    app.state.market = market
     _install_error_handlers(app)
     bearer = HTTPBearer(auto_error=False, description="Bearer token `sml_...`")
 
@@ -271,6 +288,8 @@ def create_app(
 
     Caller = Annotated[Principal, Depends(principal)]
     auth_errors = _errors(401, 403)
+
+    install_market_routes(app, market, principal, auth_errors)
 
     # -- system -------------------------------------------------------------------------------
     @app.get("/healthz", tags=["system"], response_model=Health)

@@ -8,6 +8,7 @@ keys stay usable across restarts.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -29,11 +30,16 @@ def simulated_platform_dir(settings: Settings) -> Path:
 @contextmanager
 def _platform_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
     """Launch the simulated enclave and build the app on it; stop the enclave on exit."""
+    from sealedml.attestation.producers.simulated import SimulatedPlatform
     from sealedml.tee.simulated import launch_simulated
 
     relaunch = partial(launch_simulated, simulated_platform_dir(settings), workers=workers)
     enclave = relaunch()
     try:
+        if not settings.simulated_roots and settings.policy_path is None:
+            # The platform launched this simulated TEE itself, so it knows which root to pin.
+            root = SimulatedPlatform.open(simulated_platform_dir(settings)).root_fingerprint
+            settings = dataclasses.replace(settings, simulated_roots=(root,))
         app = create_app(settings, enclave, relauncher=relaunch)
     except BaseException:
         enclave.close()

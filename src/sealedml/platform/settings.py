@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sealedml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sealedml.attestation.policy import AppraisalPolicy
 
 MIB = 1024 * 1024
 
@@ -26,6 +30,12 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     hello_ttl_seconds: float = 5.0
+    policy_path: Path | None = None
+    reference_measurements: tuple[str, ...] = ()
+    simulated_roots: tuple[str, ...] = ()
+    resource_name: str = "local-enclave"
+    resource_price_per_hour: int = 0
+    attestation_ttl_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -35,6 +45,24 @@ class Settings:
             raise ConfigError("config.invalid", "size limits must be positive")
         if not 0 <= self.port <= 65535:
             raise ConfigError("config.invalid", f"port {self.port} is out of range")
+
+    def appraisal_policy(self) -> AppraisalPolicy:
+        """The policy the platform checks its own enclave workers against (for the catalog badge).
+
+        From ``policy_path`` if set; otherwise the measurement of the enclave code installed here
+        (or ``reference_measurements``), with simulated evidence allowed only from
+        ``simulated_roots``. Raises ``config.invalid`` for an unreadable or invalid policy.
+        """
+        from sealedml.attestation.measurement import compute_measurement
+        from sealedml.attestation.policy import AppraisalPolicy
+
+        if self.policy_path is not None:
+            return AppraisalPolicy.load(self.policy_path)
+        return AppraisalPolicy(
+            reference_measurements=self.reference_measurements or (compute_measurement(),),
+            allow_simulated=True,
+            simulated_roots=self.simulated_roots,
+        )
 
     @property
     def database_url(self) -> str:
