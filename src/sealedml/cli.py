@@ -10,20 +10,32 @@ from __future__ import annotations
 import enum
 import json
 import os
-import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sealedml.errors import ConfigError, InputError, SealedMLError
+from sealedml.cli_common import (
+    DEFAULT_POLICY,
+    DEFAULT_URL,
+    SIMULATED_BANNER,
+    JsonOpt,
+    PolicyOpt,
+    TokenOpt,
+    UrlOpt,
+    err,
+)
+from sealedml.cli_common import keys_dir as _keys_dir
+from sealedml.cli_common import load_policy as _load_policy
+from sealedml.cli_common import make_client as _client
+from sealedml.cli_common import print_json as _print_json
+from sealedml.cli_common import run_action as _run
+from sealedml.errors import InputError
 
 app = typer.Typer(
     name="sealedml",
@@ -40,24 +52,6 @@ app.add_typer(model_app, name="model")
 app.add_typer(account_app, name="account")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(policy_app, name="policy")
-
-err = Console(stderr=True)
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-DEFAULT_POLICY = Path("sealedml-policy.toml")
-SIMULATED_BANNER = (
-    "[bold yellow]SIMULATED TEE[/]: this enclave is an ordinary process. It offers [bold]NO[/] "
-    "protection from the host. Accepted only because your policy sets allow_simulated = true."
-)
-
-UrlOpt = Annotated[str, typer.Option("--url", envvar="SEALEDML_URL", help="Platform URL.")]
-TokenOpt = Annotated[
-    str | None, typer.Option("--token", envvar="SEALEDML_TOKEN", help="API token.", show_default=False)
-]
-PolicyOpt = Annotated[
-    Path, typer.Option("--policy", envvar="SEALEDML_POLICY", help="Appraisal policy (TOML).")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 T = TypeVar("T")
 
@@ -76,34 +70,6 @@ class OutputMode(enum.StrEnum):
     probabilities = "probabilities"
     rounded = "rounded"
     label = "label"
-
-
-def _keys_dir() -> Path:
-    base = os.environ.get("SEALEDML_KEYS_DIR")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "sealedml" / "keys"
-
-
-def _load_policy(path: Path) -> Any:
-    from sealedml.attestation.policy import AppraisalPolicy
-
-    if not path.is_file():
-        raise ConfigError(
-            "config.invalid",
-            f"no policy file at {path}: write one with `sealedml policy init` or pass --policy",
-        )
-    return AppraisalPolicy.load(path)
-
-
-def _client(url: str, token: str | None, policy: Path | None = None) -> Any:
-    from sealedml.client import SealedMLClient
-
-    return SealedMLClient(url, token, policy=_load_policy(policy) if policy is not None else None)
-
-
-def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def claims_table(result: Any) -> Table:
@@ -140,14 +106,6 @@ def warn_if_simulated(result: Any) -> None:
     """Say loudly when accepted evidence came from the simulated TEE."""
     if result.claims.simulated:
         err.print(Panel(SIMULATED_BANNER, border_style="yellow", title="WARNING"))
-
-
-def _run(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except SealedMLError as exc:
-        err.print(f"[bold red]rejected[/] {escape(exc.diagnostics())}", highlight=False)
-        raise typer.Exit(1) from None
 
 
 # -- server ---------------------------------------------------------------------------------------
@@ -665,6 +623,15 @@ def demo(
     from sealedml.demo import run_demo
 
     _run(lambda: run_demo(err, data_dir))
+
+
+def _register_subcommands() -> None:
+    from sealedml.cli_market import market_app
+
+    app.add_typer(market_app, name="market")
+
+
+_register_subcommands()
 
 
 def main() -> None:

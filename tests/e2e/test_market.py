@@ -4,6 +4,7 @@ verdicts, dataset offers, paid predictions and the usage report."""
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -136,3 +137,47 @@ def test_enclave_outside_the_policy_turns_every_listing_red(tmp_path, cancer):
             assert resource["passing"] is False
             assert resource["error_code"] == "attestation.measurement_mismatch"
             assert "not a reference measurement" in resource["error_message"]
+
+
+def test_market_cli(platform, market_world, cancer, tmp_path, unique):
+    from typer.testing import CliRunner
+
+    from sealedml.cli import app
+
+    runner = CliRunner()
+
+    def run(token: str, *args: str):
+        command, *rest = args
+        return runner.invoke(app, ["market", command, "--url", platform.url, "--token", token, *rest])
+
+    data = tmp_path / "cohort.csv"
+    cancer.train.iloc[:40].to_csv(data, index=False)
+    name = unique("cohort")
+    offered = run(market_world["owner"], "offer", name, "--data", str(data), "--price", "3", "--json")
+    assert offered.exit_code == 0, offered.output
+    listing = json.loads(offered.stdout)
+    assert listing["rows"] == 40 and {"name": "target", "type": "int"} in listing["columns"]
+    models = run(market_world["owner"], "models", "--query", market_world["model"].name, "--json")
+    assert [m["name"] for m in json.loads(models.stdout)] == [market_world["model"].name]
+    assert run(market_world["provider"], "price", market_world["model"].name, "1").exit_code == 0
+    with platform.client(market_world["owner"]) as owner:
+        owner_id = owner.me()["id"]
+    granted = run(platform.admin_token, "credit", owner_id, "10")
+    assert granted.exit_code == 0 and "10 credits" in granted.stderr
+    refused = run(platform.admin_token, "credit", owner_id, "--", "-10")
+    assert refused.exit_code == 1 and "billing.invalid_amount" in refused.stderr
+    with platform.client(market_world["owner"]) as owner:
+        owner.predict(market_world["model"].id, cancer.test.iloc[:4])
+    report = run(
+        market_world["provider"],
+        "report",
+        "--csv",
+        str(tmp_path / "u.csv"),
+        "--chart",
+        str(tmp_path / "u.png"),
+    )
+    assert report.exit_code == 0, report.output
+    assert "Per model" in report.stderr and (tmp_path / "u.png").stat().st_size > 1000
+    assert len((tmp_path / "u.csv").read_text().splitlines()) == 2
+    resources = run(market_world["owner"], "resources", "--refresh")
+    assert resources.exit_code == 0 and "PASS" in resources.stderr

@@ -103,3 +103,39 @@ def write_predictions(
         for j in range(probabilities.shape[1]):
             frame[f"p_{j}"] = probabilities[:, j]
     frame.to_csv(path, mode="a" if append else "w", header=not append, index=False)
+
+
+def _column_type(dtype: Any) -> str:
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    if isinstance(dtype, pd.CategoricalDtype):
+        return "category"
+    return "string"
+
+
+def table_schema(path: Path, *, batch_rows: int = 65_536) -> tuple[list[tuple[str, str]], int]:
+    """Return ``([(column, type), ...], rows)`` of a CSV or Parquet file, streaming it batch by batch.
+
+    Types are ``float``, ``int``, ``bool``, ``datetime``, ``category`` or ``string``; a column that
+    is integer in one batch and float in another is ``float``.
+    """
+    rows, types = 0, {}
+    order: list[str] = []
+    for frame in iter_table(path, batch_rows):
+        rows += len(frame)
+        for column in frame.columns:
+            kind = _column_type(frame[column].dtype)
+            if column not in types:
+                order.append(str(column))
+                types[str(column)] = kind
+            elif types[str(column)] != kind:
+                types[str(column)] = "float" if {types[str(column)], kind} == {"int", "float"} else "string"
+    if not order:
+        raise InputError("input.malformed", f"{path.name} has no columns")
+    return [(column, types[column]) for column in order], rows
