@@ -123,8 +123,23 @@ def serve(
     port: Annotated[int, typer.Option(envvar="SEALEDML_PORT")] = 8000,
     max_model_mb: Annotated[int, typer.Option(help="Largest accepted model upload (MiB).")] = 256,
     max_request_mb: Annotated[int, typer.Option(help="Largest accepted sealed request (MiB).")] = 64,
+    tee: Annotated[
+        str, typer.Option(envvar="SEALEDML_TEE", help="Enclave backend: simulated, sgx, sev-snp or tdx.")
+    ] = "simulated",
+    enclave_command: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SEALEDML_ENCLAVE_COMMAND", help="With --tee sgx: e.g. 'gramine-sgx sealedml-enclave'."
+        ),
+    ] = None,
+    platform_policy: Annotated[
+        Path | None,
+        typer.Option(help="Policy the catalog's attestation badges are checked against (real TEEs)."),
+    ] = None,
 ) -> None:
-    """Run the platform service with a simulated enclave (the only backend on this machine)."""
+    """Run the platform service with its enclave (simulated by default: no hardware TEE here)."""
+    import shlex
+
     from sealedml.platform.launch import run_platform
     from sealedml.platform.settings import Settings
 
@@ -135,14 +150,20 @@ def serve(
         port=port,
         max_model_bytes=max_model_mb * 1024 * 1024,
         max_request_bytes=max_request_mb * 1024 * 1024,
+        tee=tee,
+        enclave_command=tuple(shlex.split(enclave_command)) if enclave_command else (),
+        policy_path=platform_policy,
     )
-    err.print(
-        Panel(
-            "Enclave backend: [bold yellow]SIMULATED TEE[/] — no protection from this host. "
-            "Clients must opt in with allow_simulated = true.",
-            border_style="yellow",
+    if tee == "simulated":
+        err.print(
+            Panel(
+                "Enclave backend: [bold yellow]SIMULATED TEE[/] — no protection from this host. "
+                "Clients must opt in with allow_simulated = true.",
+                border_style="yellow",
+            )
         )
-    )
+    else:
+        err.print(f"Enclave backend: [bold]{escape(tee)}[/] (hardware TEE)")
     _run(lambda: run_platform(settings))
 
 
@@ -152,11 +173,32 @@ def serve(
 @app.command()
 def measure(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every measured file.")] = False,
+    tee: Annotated[
+        str | None,
+        typer.Option(help="What to pin for a launch path: sgx, sev-snp (or snp) or tdx."),
+    ] = None,
+    sigstruct: Annotated[
+        Path | None, typer.Option(help="With --tee sgx: the .sig file gramine-sgx-sign wrote.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the measurement of the enclave code installed here (pin it in your policy)."""
+    """Print the measurement of the enclave code installed here (pin it in your policy).
+
+    With --tee, print what a client pins for that launch path, and say plainly which values can
+    only be computed on the target (with the exact firmware, kernel or signed enclave).
+    """
     from sealedml.attestation.measurement import compute_measurement, tcb_manifest
 
+    if tee is not None:
+        from sealedml.attestation.reference_values import reference_values
+
+        kind = "sev-snp" if tee == "snp" else tee
+        values = _run(lambda: reference_values(kind, sigstruct=sigstruct))
+        if as_json:
+            _print_json(values.to_dict())
+        else:
+            typer.echo(values.render())
+        return
     value = compute_measurement()
     if as_json:
         _print_json({"measurement": value, "manifest": tcb_manifest() if verbose else None})

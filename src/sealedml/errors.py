@@ -241,6 +241,11 @@ HINTS: dict[str, str] = {
     "model.not_uploaded": "upload the encrypted model (PUT /v1/models/{id}/blob) before provisioning",
     "auth.missing_token": "pass --token or set SEALEDML_TOKEN",
     "enclave.unavailable": "the enclave process is not running; check the server log",
+    "enclave.platform_unavailable": (
+        "the TEE interface is missing or belongs to another TEE: check --tee, Linux 6.7+ configfs-tsm, "
+        "or Gramine with DCAP (docs/deploy-real-tee.md)"
+    ),
+    "enclave.platform_busy": "another process kept writing the configfs-tsm entry; retry",
     "billing.insufficient_credit": "ask the platform operator for credits (`sealedml market credit`)",
     "not_found.listing": "list what is on offer with `sealedml market models|datasets|resources`",
     "ledger.inclusion_invalid": (

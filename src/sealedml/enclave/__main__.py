@@ -1,4 +1,7 @@
-"""Entry point of the enclave process: ``python -m sealedml.enclave --platform-dir DIR``.
+"""Entry point of the enclave process: ``python -m sealedml.enclave --platform-dir DIR [--tee KIND]``.
+
+``--tee`` picks the platform: ``simulated`` (default; protects nothing), ``sgx`` (inside
+Gramine-SGX), ``sev-snp`` or ``tdx`` (inside a confidential VM, through configfs-tsm).
 
 It speaks the framed protocol on stdin/stdout and logs to stderr. Logs carry codes and error
 types only, never request contents.
@@ -68,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sealedml.enclave")
     parser.add_argument("--platform-dir", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--tee", choices=("simulated", "sgx", "sev-snp", "tdx"), default="simulated")
+    parser.add_argument(
+        "--tee-root",
+        type=Path,
+        default=None,
+        help="testing only: a fake /dev/attestation (sgx) or /sys/kernel/config/tsm/report (sev-snp, tdx)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="enclave %(levelname)s %(message)s", stream=sys.stderr)
 
@@ -76,12 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
     from sealedml.attestation.measurement import compute_measurement
-    from sealedml.enclave.platforms import SimulatedTEE
+    from sealedml.enclave.hw_platforms import open_platform
     from sealedml.enclave.runtime import Enclave
 
-    platform = SimulatedTEE.open(args.platform_dir)
+    try:
+        platform = open_platform(args.tee, args.platform_dir, root=args.tee_root)
+    except SealedMLError as exc:
+        log.error("cannot open the %s platform: [%s] %s", args.tee, exc.code, exc.message)
+        return 3
     enclave = Enclave(platform=platform, measurement=compute_measurement())
-    log.warning("SIMULATED TEE: this enclave offers NO protection from the host")
+    if platform.simulated:
+        log.warning("SIMULATED TEE: this enclave offers NO protection from the host")
+    else:
+        log.info("running on %s hardware", platform.tee)
     _serve(enclave, sys.stdin.buffer, out, args.workers)
     return 0
 

@@ -29,14 +29,20 @@ def simulated_platform_dir(settings: Settings) -> Path:
 
 @contextmanager
 def _platform_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
-    """Launch the simulated enclave and build the app on it; stop the enclave on exit."""
+    """Launch the enclave on ``settings.tee`` and build the app on it; stop the enclave on exit."""
     from sealedml.attestation.producers.simulated import SimulatedPlatform
-    from sealedml.tee.simulated import launch_simulated
+    from sealedml.tee.launcher import launch_enclave
 
-    relaunch = partial(launch_simulated, simulated_platform_dir(settings), workers=workers)
+    relaunch = partial(
+        launch_enclave,
+        simulated_platform_dir(settings),
+        tee=settings.tee,
+        workers=workers,
+        command=settings.enclave_command or None,
+    )
     enclave = relaunch()
     try:
-        if not settings.simulated_roots and settings.policy_path is None:
+        if settings.tee == "simulated" and not settings.simulated_roots and settings.policy_path is None:
             # The platform launched this simulated TEE itself, so it knows which root to pin.
             root = SimulatedPlatform.open(simulated_platform_dir(settings)).root_fingerprint
             settings = dataclasses.replace(settings, simulated_roots=(root,))

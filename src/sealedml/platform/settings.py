@@ -36,6 +36,8 @@ class Settings:
     resource_name: str = "local-enclave"
     resource_price_per_hour: int = 0
     attestation_ttl_seconds: float = 60.0
+    tee: str = "simulated"
+    enclave_command: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
