@@ -170,6 +170,10 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found.listing": 404,
     "not_found.entry": 404,
     "billing.insufficient_credit": 402,
+    "ledger.anchor_not_found": 404,
+    "ledger.anchor_unconfirmed": 409,
+    "ledger.anchor_timeout": 504,
+    "ledger.chain_unavailable": 503,
     "billing.invalid_amount": 400,
     "enclave.unavailable": 503,
     "enclave.protocol": 502,
@@ -255,6 +259,11 @@ HINTS: dict[str, str] = {
         "the log's new tree head does not extend the old one: the host rewrote history (a fork)"
     ),
     "ledger.sth_signature_invalid": "the tree head is not signed by the log key you pinned",
+    "ledger.fork_detected": (
+        "the chain holds two different histories of the same log: the log operator equivocated"
+    ),
+    "ledger.anchor_mismatch": "the anchor record does not match what the chain holds",
+    "ledger.chain_unavailable": "the chain node cannot be reached: check the JSON-RPC URL",
 }
 
 _CLASS_BY_PREFIX: dict[str, type[SealedMLError]] = {
