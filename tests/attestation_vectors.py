@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 VECTORS_DIR = Path(
-    os.environ.get("SEALEDML_ATTESTATION_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "attestation-vectors")
+    os.environ.get(
+        "SEALEDML_ATTESTATION_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "attestation-vectors"
+    )
 )
 
 

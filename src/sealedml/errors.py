@@ -234,6 +234,10 @@ HINTS: dict[str, str] = {
         "a signed field (host data, signer, product id, RTMR, ...) differs from your policy's "
         "reference values"
     ),
+    "attestation.td_attributes_not_allowed": (
+        "the TD's attributes weaken its isolation (SEPT_VE_DISABLE clear, migratable, SERVTD_EXT or "
+        "reserved bits): relaunch the TD with the default attributes"
+    ),
     "attestation.no_reference_values": (
         "your policy has no reference values for this TEE type, and policies deny by default"
     ),

@@ -179,3 +179,88 @@ def test_simulated_bundle_round_trip(tmp_path):
     appraisal = appraise(evidence.read_bytes(), policy=policy, now=now)
     assert appraisal.accepted and appraisal.binding.startswith("enclave keys")
     assert bind_report_data(hpke, sign, nonce) == appraisal.claims.report_data
+
+
+SGX_MRENCLAVE = "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
+SGX_AT = "2025-07-19T10:01:17Z"
+TDX_MRTD = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7"
+TDX_AT = "2025-07-19T10:00:34Z"
+
+
+def sgx_args(at: str = SGX_AT) -> list[str]:
+    return [
+        str(vector_path("sgx", "dcapqvl_sgx_v3_quote.bin")),
+        "--collateral",
+        str(vector_path("sgx", "dcapqvl_sgx_v3_collateral.json")),
+        "--at",
+        at,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        ("", "attestation.tcb_status_not_allowed"),
+        (
+            'accepted_tcb_statuses = ["ConfigurationAndSWHardeningNeeded"]\n',
+            "attestation.tcb_status_not_allowed",
+        ),
+        (
+            'accepted_tcb_statuses = ["ConfigurationAndSWHardeningNeeded"]\n'
+            'accepted_advisories = ["INTEL-SA-00289", "INTEL-SA-00615"]\n',
+            None,
+        ),
+    ],
+)
+def test_sgx_quote_needs_its_status_and_every_advisory_listed(tmp_path, extra, code):
+    policy = write_policy(
+        tmp_path,
+        f'[attestation.sgx]\nmr_enclave = ["{SGX_MRENCLAVE}"]\nmax_collateral_age_seconds = 31536000\n'
+        + extra,
+    )
+    result = verify(sgx_args(), policy)
+    answer = json.loads(result.stdout)
+    assert answer["claims"]["tcb_status"] == "ConfigurationAndSWHardeningNeeded"
+    assert answer["claims"]["advisories"] == ["INTEL-SA-00289", "INTEL-SA-00615"]
+    if code is None:
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 1 and answer["error"]["code"] == code
+
+
+def test_sgx_quote_after_the_collateral_expired(tmp_path):
+    policy = write_policy(tmp_path, f'[attestation.sgx]\nmr_enclave = ["{SGX_MRENCLAVE}"]\n')
+    answer = json.loads(verify(sgx_args("2025-08-30T00:00:00Z"), policy).stdout)
+    assert answer["error"]["code"] == "attestation.collateral_expired"
+
+
+def test_tdx_quote_up_to_date_and_pinned(tmp_path):
+    policy = write_policy(
+        tmp_path, f'[attestation.tdx]\nmr_td = ["{TDX_MRTD}"]\nmax_collateral_age_seconds = 31536000\n'
+    )
+    args = [
+        str(vector_path("tdx", "dcapqvl_tdx_v4_quote.bin")),
+        "--collateral",
+        str(vector_path("tdx", "dcapqvl_tdx_v4_collateral.json")),
+        "--at",
+        TDX_AT,
+    ]
+    result = verify(args, policy)
+    assert result.exit_code == 0, result.output
+    claims = json.loads(result.stdout)["claims"]
+    assert claims["tee"] == "tdx" and claims["tcb_status"] == "UpToDate" and claims["measurement"] == TDX_MRTD
+    without = verify([args[0], "--at", TDX_AT], policy)
+    assert json.loads(without.stdout)["error"]["code"] == "attestation.collateral_missing"
+
+
+def test_tdx_quote_whose_tcb_level_does_not_match(tmp_path):
+    policy = write_policy(tmp_path, f'[attestation.tdx]\nmr_td = ["{TDX_MRTD}"]\n')
+    args = [
+        str(vector_path("tdx", "dcapqvl_tdx_v5_quote_nomatch.bin")),
+        "--collateral",
+        str(vector_path("tdx", "dcapqvl_tdx_v5_nomatch_collateral.json")),
+        "--at",
+        "2026-03-01T00:00:00Z",
+    ]
+    answer = json.loads(verify(args, policy).stdout)
+    assert answer["error"]["code"] == "attestation.tcb_mismatch" and answer["claims"] is None

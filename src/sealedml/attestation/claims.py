@@ -23,7 +23,7 @@ __all__ = ["AttestationResult", "Claims"]
 class Claims:
     """Signed assertions extracted from verified evidence.
 
-    - ``tee``: evidence format (``"simulated"``, later ``"sev-snp"``, ``"tdx"``, ``"sgx-dcap"``);
+    - ``tee``: evidence format (``"simulated"``, ``"sev-snp"``, ``"tdx"`` or ``"sgx"``);
     - ``simulated``: True when no hardware protects the enclave (always True for ``"simulated"``);
     - ``measurement``: lowercase hex digest of the enclave code;
     - ``report_data``: the 64 bytes the enclave bound into its evidence;

@@ -85,7 +85,7 @@ def _check_bytes(name: str, value: object, *, low: int, high: int) -> None:
 class EvidenceBundle:
     """Evidence plus the enclave public keys it claims to bind. Every instance is well-formed.
 
-    - ``tee``: evidence format (``"simulated"``; later ``"sev-snp"``, ``"tdx"``, ``"sgx-dcap"``);
+    - ``tee``: evidence format (``"simulated"``, ``"sev-snp"``, ``"tdx"`` or ``"sgx"``);
     - ``report``: the signed report bytes, exactly as signed (at most 64 KiB);
     - ``signature``: the platform's signature over ``report`` (empty when the report embeds it);
     - ``certificates``: DER certificates, leaf first (0..8, each at most 16 KiB; none when the
