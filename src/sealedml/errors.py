@@ -171,6 +171,12 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found.entry": 404,
     "billing.insufficient_credit": 402,
     "ledger.anchor_not_found": 404,
+    "ledger.duplicate_entry": 409,
+    "ledger.index_out_of_range": 404,
+    "ledger.node_missing": 500,
+    "ledger.audit_failed": 500,
+    "ledger.storage_unavailable": 503,
+    "ledger.append_conflict": 503,
     "ledger.anchor_unconfirmed": 409,
     "ledger.anchor_timeout": 504,
     "ledger.chain_unavailable": 503,
@@ -263,6 +269,10 @@ HINTS: dict[str, str] = {
         "the log's new tree head does not extend the old one: the host rewrote history (a fork)"
     ),
     "ledger.sth_signature_invalid": "the tree head is not signed by the log key you pinned",
+    "ledger.audit_failed": (
+        "the stored log does not hash to the tree heads it signed: the database was altered"
+    ),
+    "ledger.duplicate_entry": "this job's receipt is logged already; each receipt is logged once",
     "ledger.fork_detected": (
         "the chain holds two different histories of the same log: the log operator equivocated"
     ),

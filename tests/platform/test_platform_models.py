@@ -244,7 +244,7 @@ def test_provision_stores_the_sealed_key(env, provider: httpx.Client) -> None:
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"model", "response", "receipt", "signature"}
+    assert set(body) == {"model", "response", "receipt", "signature", "ledger"}
     assert base64.b64decode(body["response"]) == b"provision-response"
     assert body["model"]["status"] == "ready"
     assert body["model"]["model_sha256"] == "cd" * 32

@@ -34,7 +34,7 @@ def test_predict_relays_and_records_the_job(env, owner: httpx.Client, model: dic
     response = owner.post(f"/v1/models/{model['id']}/predict", content=envelope)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"job_id", "response", "receipt", "signature", "rows"}
+    assert set(body) == {"job_id", "response", "receipt", "signature", "rows", "ledger"}
     assert base64.b64decode(body["response"]) == b"SML-opaque-response-" + body["job_id"].encode()
     assert body["rows"] == 3 and body["receipt"]["job"] == body["job_id"]
 

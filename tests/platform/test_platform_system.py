@@ -114,13 +114,34 @@ def test_openapi_documents_the_api(env) -> None:
         "/v1/jobs": {"get"},
         "/v1/jobs/{job_id}": {"get"},
         "/v1/jobs/{job_id}/result": {"get"},
+        "/v1/market/models": {"get"},
+        "/v1/market/models/{model_id}": {"get"},
+        "/v1/market/datasets": {"get", "post"},
+        "/v1/market/datasets/{dataset_id}": {"get"},
+        "/v1/market/resources": {"get"},
+        "/v1/market/report": {"get"},
+        "/v1/ledger/public-key": {"get"},
+        "/v1/ledger/sth": {"get"},
+        "/v1/ledger/consistency": {"get"},
+        "/v1/ledger/inclusion": {"get"},
+        "/v1/ledger/entries/{index}": {"get"},
+        "/v1/ledger/anchors": {"get"},
+        "/v1/ledger/anchor": {"post"},
     }
     assert {path: set(ops) for path, ops in spec["paths"].items()} == expected
     predict = spec["paths"]["/v1/models/{model_id}/predict"]["post"]
     assert "application/octet-stream" in predict["requestBody"]["content"]
     assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("PredictOut")
     assert "ErrorBody" in spec["components"]["schemas"]
-    assert {tag["name"] for tag in spec["tags"]} >= {"system", "accounts", "models", "predictions", "jobs"}
+    assert {tag["name"] for tag in spec["tags"]} >= {
+        "system",
+        "accounts",
+        "models",
+        "predictions",
+        "jobs",
+        "market",
+        "ledger",
+    }
     assert env.client().get("/docs").status_code == 200
 
 

@@ -61,18 +61,19 @@ class ReceiptBundle:
     receipt: dict[str, Any]
     signature: str
     evidence: EvidenceBundle
+    ledger: dict[str, Any] | None = None
+    """Where the transparency log proved it holds this receipt: leaf index and signed tree head."""
 
     def to_json(self) -> str:
         """Return the file form written by ``sealedml predict --receipt``."""
-        return json.dumps(
-            {
-                "receipt": self.receipt,
-                "signature": self.signature,
-                "evidence": json.loads(self.evidence.to_json()),
-            },
-            indent=2,
-            sort_keys=True,
-        )
+        data: dict[str, Any] = {
+            "receipt": self.receipt,
+            "signature": self.signature,
+            "evidence": json.loads(self.evidence.to_json()),
+        }
+        if self.ledger is not None:
+            data["ledger"] = self.ledger
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ReceiptBundle:
@@ -84,7 +85,10 @@ class ReceiptBundle:
                 raise TypeError("bad receipt shape")
         except (ValueError, KeyError, TypeError) as exc:
             raise ReceiptError("receipt.malformed", "not a SealedML receipt file") from exc
-        return cls(receipt, signature, EvidenceBundle.from_json(json.dumps(evidence)))
+        ledger = data.get("ledger")
+        if ledger is not None and not isinstance(ledger, dict):
+            raise ReceiptError("receipt.malformed", "the receipt file's ledger entry is not an object")
+        return cls(receipt, signature, EvidenceBundle.from_json(json.dumps(evidence)), ledger=ledger)
 
     @classmethod
     def load(cls, path: Path) -> ReceiptBundle:

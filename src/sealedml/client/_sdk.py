@@ -28,6 +28,7 @@ from sealedml.attestation.evidence.bundle import EvidenceBundle
 from sealedml.attestation.policy import AppraisalPolicy
 from sealedml.attestation.verifier import verify_evidence
 from sealedml.client._data import iter_table, select_features
+from sealedml.client._ledger import LedgerWatcher
 from sealedml.client._market import MarketAPI
 from sealedml.client._models import PreparedModel
 from sealedml.client._receipts import ReceiptBundle, check_job, verify_receipt
@@ -103,7 +104,10 @@ class SealedMLClient:
     """A client of one SealedML platform, acting as one account.
 
     ``policy`` is the caller's appraisal policy: no key or data is ever sent to an enclave whose
-    evidence it rejects. ``transport`` lets tests plug an httpx transport in.
+    evidence it rejects. Every receipt is checked to be in the platform's transparency log, under
+    a tree head signed by ``log_public_key`` (pinned on first use if not given) and consistent with
+    every head seen before (kept in ``ledger_state`` between runs when given); ``verify_ledger=False``
+    turns that off. ``transport`` lets tests plug an httpx transport in.
     """
 
     def __init__(
@@ -115,6 +119,9 @@ class SealedMLClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.time,
+        log_public_key: bytes | None = None,
+        ledger_state: Path | None = None,
+        verify_ledger: bool = True,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
@@ -123,6 +130,8 @@ class SealedMLClient:
         self._attested: AttestationResult | None = None
         self._attested_at = 0.0
         self._models: dict[str, ModelInfo] = {}
+        self.verify_ledger = verify_ledger
+        self.ledger = LedgerWatcher(self._json, public_key=log_public_key, state_path=ledger_state)
 
     @property
     def market(self) -> MarketAPI:
@@ -257,7 +266,12 @@ class SealedMLClient:
                 request_id=sealed.header.request_id,
                 model=model_id,
             )
-            answer["_receipt_bundle"] = ReceiptBundle(receipt, signature, attestation.evidence)
+            proof = (
+                self.ledger.check_receipt(receipt, signature, answer.get("ledger")).to_dict()
+                if self.verify_ledger
+                else None
+            )
+            answer["_receipt_bundle"] = ReceiptBundle(receipt, signature, attestation.evidence, ledger=proof)
             return attestation, answer, plain, receipt
         raise AssertionError("unreachable")
 

@@ -5,7 +5,9 @@ requests. It never decrypts anything and never logs a request or response body. 
 leaves as ``{"error": {"code", "message"}}`` with the status that fits the code.
 """
 
+import asyncio
 import base64
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +27,8 @@ from sealedml.platform.auth import Authenticator, Principal, bearer_token, ensur
 from sealedml.platform.catalog import Catalog, JobRecord, ModelRecord
 from sealedml.platform.db import Database
 from sealedml.platform.enclave_manager import EnclaveSupervisor, Relauncher
+from sealedml.platform.ledger_api import anchor_loop, install_ledger_routes
+from sealedml.platform.ledger_service import PlatformLedger
 from sealedml.platform.market import Market
 from sealedml.platform.market_api import install_market_routes
 from sealedml.platform.schemas import (
@@ -63,6 +67,7 @@ TAGS: list[dict[str, Any]] = [
     {"name": "models", "description": "Encrypted models: register, upload, provision the key, delete."},
     {"name": "predictions", "description": "Sealed prediction requests relayed to the enclave."},
     {"name": "jobs", "description": "Finished jobs: signed receipts and stored response envelopes."},
+    {"name": "ledger", "description": "The transparency log of receipts: tree heads, proofs, chain anchors."},
     {"name": "market", "description": "Listings of models, datasets and TEE resources; the usage report."},
 ]
 
@@ -244,16 +249,28 @@ def create_app(
     auth = Authenticator(db)
     ensure_admin(auth, db, settings.admin_token_path)
     supervisor = EnclaveSupervisor(enclave, hello_ttl=settings.hello_ttl_seconds, relauncher=relauncher)
-    service = PlatformService(settings, Catalog(db), BlobStore(settings.blob_dir), auth, supervisor)
+    catalog = Catalog(db)
+    ledger = PlatformLedger.open(
+        settings.ledger_database_url, settings.ledger_key_path, anchor=settings.anchor
+    )
+    ledger.reconcile(catalog.all_receipts())
+    service = PlatformService(settings, catalog, BlobStore(settings.blob_dir), auth, supervisor, ledger)
     released = service.billing.release_stale_holds()
     if released:
         log.warning("refunded %d charges held by jobs that did not finish before the last stop", released)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        """Dispose of the database connections when the server stops."""
-        yield
-        db.dispose()
+        """Anchor tree heads periodically while serving; dispose of the databases when stopping."""
+        anchoring = asyncio.create_task(anchor_loop(ledger, settings.anchor_interval_seconds))
+        try:
+            yield
+        finally:
+            anchoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await anchoring
+            db.dispose()
+            ledger.log.store.dispose()
 
     app = FastAPI(
         title="SealedML platform",
@@ -290,6 +307,7 @@ def create_app(
     auth_errors = _errors(401, 403)
 
     install_market_routes(app, market, principal, auth_errors)
+    install_ledger_routes(app, service, principal, auth_errors)
 
     # -- system -------------------------------------------------------------------------------
     @app.get("/healthz", tags=["system"], response_model=Health)
@@ -442,6 +460,7 @@ def create_app(
             response=_b64(outcome.result.response),
             receipt=outcome.result.receipt,
             signature=outcome.result.signature,
+            ledger=outcome.ledger,
         )
 
     @app.delete(
@@ -475,6 +494,7 @@ def create_app(
             receipt=result.receipt,
             signature=result.signature,
             rows=result.rows,
+            ledger=outcome.ledger,
         )
         return Response(content=out.model_dump_json(), media_type="application/json")
 

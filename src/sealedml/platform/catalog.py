@@ -355,6 +355,15 @@ class Catalog:
         if conn.execute(update(table).where(key).values(rows=keep_max)).rowcount == 0:
             conn.execute(insert(table).values(model_id=model_id, client_id=client_id, rows=total))
 
+    def all_receipts(self) -> list[tuple[dict[str, Any], str]]:
+        """Return every job's (receipt, signature), oldest first (to reconcile the log)."""
+        jobs = Job.__table__
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.receipt, jobs.c.signature).order_by(jobs.c.created_at, jobs.c.id)
+            )
+            return [(dict(row.receipt), row.signature) for row in rows]
+
     def get_job(self, job_id: str) -> JobRecord | None:
         """Return the job with ``job_id``, or ``None``."""
         with self.db.session() as session:

@@ -1,6 +1,5 @@
 """HTTP routes of the marketplace: ``/v1/market/...`` (listings, TEE resources, usage report)."""
 
-
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any

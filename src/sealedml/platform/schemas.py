@@ -171,6 +171,7 @@ class ProvisionOut(BaseModel):
     response: str = Field(description="response envelope for the provider, base64")
     receipt: dict[str, Any]
     signature: str
+    ledger: dict[str, Any] | None = None
 
 
 class PredictOut(BaseModel):
@@ -181,6 +182,9 @@ class PredictOut(BaseModel):
     receipt: dict[str, Any]
     signature: str
     rows: int
+    ledger: dict[str, Any] | None = Field(
+        default=None, description="leaf index, signed tree head and inclusion proof of the receipt"
+    )
 
 
 class JobOut(BaseModel):

@@ -34,6 +34,7 @@ from sealedml.platform.billing import Billing, check_amount
 from sealedml.platform.catalog import Catalog, JobRecord, ModelRecord, PredictTarget
 from sealedml.platform.db import new_id
 from sealedml.platform.enclave_manager import EnclaveSupervisor, LoadMaterial
+from sealedml.platform.ledger_service import PlatformLedger
 from sealedml.platform.settings import Settings
 from sealedml.platform.storage import Area, BlobStore
 
@@ -60,6 +61,7 @@ class ProvisionOutcome:
 
     model: ModelRecord
     result: ProvisionResult
+    ledger: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class PredictOutcome:
 
     job: JobRecord
     result: PredictResult
+    ledger: dict[str, Any] | None = None
 
 
 def require_role(principal: Principal, *roles: str) -> None:
@@ -136,6 +139,7 @@ class PlatformService:
         blobs: BlobStore,
         auth: Authenticator,
         enclave: EnclaveSupervisor,
+        ledger: PlatformLedger | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -143,6 +147,21 @@ class PlatformService:
         self.auth = auth
         self.enclave = enclave
         self.billing = Billing(catalog.db)
+        self.ledger = ledger
+
+    async def log_receipt(self, receipt: dict[str, Any], signature: str) -> dict[str, Any] | None:
+        """Append an enclave-signed receipt to the transparency log; returns its proofs.
+
+        A storage failure is logged and returns None: the receipt stays with its job and is logged
+        at the next start (:meth:`PlatformLedger.reconcile`); clients that check inclusion notice.
+        """
+        if self.ledger is None:
+            return None
+        try:
+            return await run_sync(self.ledger.log_receipt, receipt, signature)
+        except SealedMLError as exc:
+            log.error("could not log the receipt of job %s: %s", receipt.get("job"), exc.code)
+            return None
 
     # -- accounts -----------------------------------------------------------------------------
     async def authenticate(self, token: str) -> Principal:
@@ -290,7 +309,8 @@ class PlatformService:
         if updated is None:
             await self.enclave.unload(model_id)
             raise InputError("input.conflict", "the model changed while it was provisioned; provision again")
-        return ProvisionOutcome(model=updated, result=result)
+        ledger = await self.log_receipt(result.receipt, result.signature)
+        return ProvisionOutcome(model=updated, result=result, ledger=ledger)
 
     async def delete_model(self, caller: Principal, model_id: str) -> None:
         """Delete the caller's model, its encrypted blob and its copy in the enclave."""
@@ -348,7 +368,8 @@ class PlatformService:
             reason = exc.code if isinstance(exc, SealedMLError) else type(exc).__name__
             await run_sync(self.billing.refund, job_id, f"job failed: {reason}")
             raise
-        return PredictOutcome(job=job, result=result)
+        ledger = await self.log_receipt(result.receipt, result.signature)
+        return PredictOutcome(job=job, result=result, ledger=ledger)
 
     async def _load_material(self, model: PredictTarget) -> LoadMaterial:
         assert model.sealed_key is not None and model.blob_path is not None

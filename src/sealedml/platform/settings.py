@@ -38,6 +38,9 @@ class Settings:
     attestation_ttl_seconds: float = 60.0
     tee: str = "simulated"
     enclave_command: tuple[str, ...] = ()
+    ledger_url: str | None = None
+    anchor: str = "none"
+    anchor_interval_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -71,6 +74,16 @@ class Settings:
         """The resolved database URL (never ``None`` once constructed)."""
         assert self.db_url is not None
         return self.db_url
+
+    @property
+    def ledger_database_url(self) -> str:
+        """Where the transparency log lives (default: its own SQLite file in the data folder)."""
+        return self.ledger_url or f"sqlite:///{self.data_dir / 'ledger.db'}"
+
+    @property
+    def ledger_key_path(self) -> Path:
+        """The log operator's Ed25519 key (PEM, mode 0600), created on first start."""
+        return self.data_dir / "ledger-key.pem"
 
     @property
     def blob_dir(self) -> Path:
