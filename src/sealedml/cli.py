@@ -668,9 +668,11 @@ def demo(
 
 
 def _register_subcommands() -> None:
+    from sealedml.cli_ledger import ledger_app
     from sealedml.cli_market import market_app
 
     app.add_typer(market_app, name="market")
+    app.add_typer(ledger_app, name="ledger")
 
 
 _register_subcommands()

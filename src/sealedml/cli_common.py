@@ -56,11 +56,31 @@ def load_policy(path: Path) -> Any:
     return AppraisalPolicy.load(path)
 
 
-def make_client(url: str, token: str | None, policy: Path | None = None) -> Any:
-    """Return an SDK client for ``url`` (with the policy at ``policy`` when given)."""
+def ledger_state_path(url: str) -> Path:
+    """Where the CLI keeps the pinned log key and last verified tree head of the platform at ``url``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return keys_dir() / "ledger" / f"{parts.hostname or 'local'}_{parts.port or 0}.json"
+
+
+def make_client(
+    url: str, token: str | None, policy: Path | None = None, *, log_key: bytes | None = None
+) -> Any:
+    """Return an SDK client for ``url`` (with the policy at ``policy`` when given).
+
+    The client pins the platform's log key and remembers the last verified tree head in the keys
+    dir, so every run checks that the log only grew since the previous one.
+    """
     from sealedml.client import SealedMLClient
 
-    return SealedMLClient(url, token, policy=load_policy(policy) if policy is not None else None)
+    return SealedMLClient(
+        url,
+        token,
+        policy=load_policy(policy) if policy is not None else None,
+        log_public_key=log_key,
+        ledger_state=ledger_state_path(url),
+    )
 
 
 def print_json(data: object) -> None:

@@ -113,6 +113,20 @@ def test_publish_predict_and_verify_receipts(env, cancer, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert "SIMULATED" in result.output
 
+    # the transparency log: the saved proof, the log now, and consistency with a saved head
+    result = invoke(["ledger", "verify", str(files[1])], env, env["OWNER"])
+    assert result.exit_code == 0, result.output
+    assert "included" in result.output
+    head = tmp_path / "sth.json"
+    assert invoke(["ledger", "sth", "--save", str(head)], env).exit_code == 0
+    result = invoke(["ledger", "verify", "--old-sth", str(head), "--json"], env)
+    assert result.exit_code == 0 and json.loads(result.stdout)["consistency"]["old_tree_size"] >= 3
+    forged = json.loads(files[1].read_text())
+    forged["receipt"]["rows"] += 1
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    result = invoke(["ledger", "verify", str(tmp_path / "forged.json")], env, env["OWNER"])
+    assert result.exit_code == 1 and "ledger.inclusion_invalid" in result.output
+
     tampered = json.loads(files[0].read_text())
     tampered["receipt"]["rows"] += 1
     files[0].write_text(json.dumps(tampered))

@@ -30,10 +30,11 @@ class LedgerProof:
 
     leaf_index: int
     sth: SignedTreeHead
+    inclusion: Mapping[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form (stored in receipt files)."""
-        return {"leaf_index": self.leaf_index, "sth": self.sth.to_dict()}
+        """JSON form (stored in receipt files, so the proof can be checked again offline)."""
+        return {"leaf_index": self.leaf_index, "sth": self.sth.to_dict(), "inclusion": dict(self.inclusion)}
 
 
 class LedgerWatcher:
@@ -107,9 +108,18 @@ class LedgerWatcher:
         last = self._last
         if last is not None and (last.tree_size, last.root_hash) != (head.tree_size, head.root_hash):
             old, new = (last, head) if last.tree_size <= head.tree_size else (head, last)
-            proof = self._call(
-                "GET", "/v1/ledger/consistency", params={"first": old.tree_size, "second": new.tree_size}
-            )
+            try:
+                proof = self._call(
+                    "GET", "/v1/ledger/consistency", params={"first": old.tree_size, "second": new.tree_size}
+                )
+            except LedgerError as exc:
+                if exc.code != "ledger.index_out_of_range":
+                    raise
+                raise LedgerError(
+                    "ledger.consistency_invalid",
+                    f"the log signed a tree of {new.tree_size} entries before and now cannot prove it: "
+                    f"it shrank (entries were dropped): {exc.message}",
+                ) from None
             check_consistency(old, new, proof, self.public_key)
         if last is None or head.tree_size > last.tree_size:
             self._last = head
@@ -131,7 +141,7 @@ class LedgerWatcher:
             )
         head = self.observe(ledger["sth"])
         index = check_inclusion(receipt_entry(receipt, signature), ledger["inclusion"], head, self.public_key)
-        return LedgerProof(index, head)
+        return LedgerProof(index, head, dict(ledger["inclusion"]))
 
     def recheck(self, receipt: Mapping[str, Any], signature: str) -> LedgerProof:
         """Ask the log again, now: the receipt must still be included under the current head."""
