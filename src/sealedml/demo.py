@@ -55,7 +55,8 @@ def run_demo(console: Console, data_dir: Path | None = None) -> None:
     started = time.perf_counter()
     workdir = data_dir or Path(tempfile.mkdtemp(prefix="sealedml-demo-"))
     console.rule("[bold]SealedML demo: confidential inference on breast-cancer screening data")
-    with platform_in_background(Settings(data_dir=workdir)) as server:
+    settings = Settings(data_dir=workdir, anchor="embedded", anchor_interval_seconds=0)
+    with platform_in_background(settings) as server:
         console.print(f"platform listening on {server.url} (data in {workdir})")
         admin_token = (workdir / "admin-token").read_text().strip()
         with SealedMLClient(server.url, admin_token) as admin:
@@ -86,13 +87,29 @@ def run_demo(console: Console, data_dir: Path | None = None) -> None:
                 description="Logistic regression on the Wisconsin diagnostic breast-cancer data",
                 output_policy={"mode": "rounded", "decimals": 3},
                 query_budget=10_000,
+                price_per_row=2,
+                version="1.0",
             )
         console.print(
             f"published [bold]{published.model.name}[/] ({len(prepared.onnx_bytes):,} bytes of ONNX, "
             f"sha256 {published.model_sha256[:16]}…); the platform holds only its ciphertext"
         )
 
-        # 3. The hospital attests the enclave under its own policy.
+        # 3. The marketplace: the listing (with its live attestation verdict) and credits.
+        console.rule("marketplace: listing and credits")
+        with SealedMLClient(server.url, admin_token) as admin:
+            admin.market.grant(hospital["id"], 1_000)
+        with SealedMLClient(server.url, hospital["token"]) as browse:
+            listing = browse.market.model(published.model.id)
+        badge = "[green]passes[/]" if listing["attestation_passing"] else "[red]FAILS[/]"
+        console.print(
+            f"listing {listing['name']} v{listing['version']} by {listing['owner']}: "
+            f"{listing['price_per_row']} credits/row, {len(listing['input_columns'])} inputs, "
+            f"enclave {badge} attestation ({listing['attestation_reason']})"
+        )
+        console.print("the platform granted the hospital 1000 credits")
+
+        # 4. The hospital attests the enclave under its own policy.
         console.rule("data owner: attest the enclave")
         with SealedMLClient(server.url, hospital["token"], policy=policy) as client:
             result = client.attest()
@@ -113,11 +130,19 @@ def run_demo(console: Console, data_dir: Path | None = None) -> None:
                 raise AssertionError("a strict policy accepted simulated evidence")
             client.attest()
 
-            # 4. Predict on held-out patients.
+            # 5. Predict on held-out patients.
             console.rule("data owner: sealed prediction on held-out patients")
             prediction = client.predict(published.model.id, test_x)
             receipt = prediction.receipt
             verified = receipt.verify(policy)
+            balance = client.me()["balance"]
+            log_key = client.ledger.public_key
+
+        # 6. The receipt is in the transparency log, whose tree head is anchored on a chain.
+        with SealedMLClient(server.url, admin_token) as admin:
+            anchored = admin._json("POST", "/v1/ledger/anchor")
+        with SealedMLClient(server.url, provider["token"]) as prov:
+            revenue = prov.me()["balance"]
 
         labels = np.asarray(prediction.labels)
         truth = np.asarray(test_y)
@@ -149,6 +174,26 @@ def run_demo(console: Console, data_dir: Path | None = None) -> None:
             f"receipt verified: signed by enclave key {verified.signing_public_key.hex()[:16]}… bound to "
             f"measurement {verified.claims.measurement[:16]}…"
         )
+        console.rule("marketplace and transparency log")
+        ledger = receipt.ledger or {}
+        path = ledger.get("inclusion", {}).get("inclusion_path", [])
+        console.print(
+            f"billed {len(labels)} rows x 2 credits: the hospital has {balance} credits left, "
+            f"the provider earned {revenue}"
+        )
+        console.print(
+            f"receipt logged as entry {ledger.get('leaf_index')} "
+            f"of {ledger.get('sth', {}).get('tree_size')}; "
+            f"inclusion proof ({len(path)} hashes) verified against a tree head signed by log key "
+            f"{log_key.hex()[:16]}…"
+        )
+        if anchored:
+            anchor = anchored["anchor"]
+            console.print(
+                f"tree head of {anchor['tree_size']} entries anchored on the embedded chain "
+                f"(chain id {anchor['chain_id']}, block {anchor['block_number']}, "
+                f"tx {anchor['tx_hash'][:18]}…)"
+            )
     console.print(
         Panel(
             f"done in {time.perf_counter() - started:.1f} s — "
