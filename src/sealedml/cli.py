@@ -136,6 +136,15 @@ def serve(
         Path | None,
         typer.Option(help="Policy the catalog's attestation badges are checked against (real TEEs)."),
     ] = None,
+    anchor: Annotated[
+        str,
+        typer.Option(
+            envvar="SEALEDML_ANCHOR",
+            help="Anchor tree heads: 'embedded' (in-process test chain), 'none', or a JSON-RPC URL "
+            "(key in SEALEDML_ANCHOR_KEY).",
+        ),
+    ] = "embedded",
+    anchor_interval: Annotated[float, typer.Option(help="Seconds between anchors.")] = 60.0,
 ) -> None:
     """Run the platform service with its enclave (simulated by default: no hardware TEE here)."""
     import shlex
@@ -153,6 +162,8 @@ def serve(
         tee=tee,
         enclave_command=tuple(shlex.split(enclave_command)) if enclave_command else (),
         policy_path=platform_policy,
+        anchor=anchor,
+        anchor_interval_seconds=anchor_interval,
     )
     if tee == "simulated":
         err.print(
