@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sealedml.errors import AuthError, NotFoundError
 from sealedml.platform.auth import Principal
-from sealedml.platform.market import COLUMN_TYPES, Market
+from sealedml.platform.market import COLUMN_TYPES, DatasetRecord, Market, ModelListing
 from sealedml.platform.service import run_sync
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
@@ -17,26 +17,6 @@ NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ModelListingOut(BaseModel):
-    """A ready model with its price, schema and whether its enclave passes attestation now."""
-
-    id: str
-    name: str
-    version: str
-    description: str
-    owner: str
-    input_columns: list[str]
-    output_policy: dict[str, Any] | None
-    price_per_row: int
-    allowed_measurements: list[str]
-    measurement: str | None
-    tee: str | None
-    attestation_passing: bool
-    attestation_reason: str
-    uses: int
-    rows: int
 
 
 class DatasetColumn(_Strict):
@@ -55,20 +35,6 @@ class DatasetOffer(_Strict):
     rows: StrictInt
     size_bytes: StrictInt
     price: StrictInt = 0
-
-
-class DatasetOut(BaseModel):
-    """A dataset listing."""
-
-    id: str
-    name: str
-    owner: str
-    description: str
-    columns: list[dict[str, str]]
-    rows: int
-    size_bytes: int
-    price: int
-    created_at: datetime
 
 
 class ResourceOut(BaseModel):
@@ -115,7 +81,7 @@ def install_market_routes(
         return ResourceOut(**record.__dict__, evidence_age_seconds=age)
 
     @app.get(
-        "/v1/market/models", tags=["market"], response_model=list[ModelListingOut], responses=auth_errors
+        "/v1/market/models", tags=["market"], response_model=list[ModelListing], responses=auth_errors
     )
     async def market_models(
         _caller: Caller,
@@ -123,47 +89,47 @@ def install_market_routes(
         max_price: Annotated[int | None, Query(ge=0)] = None,
         tee: Annotated[str | None, Query(max_length=32)] = None,
         passing: bool | None = None,
-    ) -> list[ModelListingOut]:
+    ) -> list[ModelListing]:
         """Search ready models; each shows whether its enclave passes attestation right now."""
         resource = await market.check_enclave()
         listings = await run_sync(
             market.models, resource, query=q, max_price=max_price, tee=tee, passing=passing
         )
-        return [ModelListingOut(**listing.__dict__) for listing in listings]
+        return listings
 
     @app.get(
         "/v1/market/models/{model_id}",
         tags=["market"],
-        response_model=ModelListingOut,
+        response_model=ModelListing,
         responses=auth_errors | {404: {"description": "no such listing"}},
     )
-    async def market_model(model_id: str, _caller: Caller) -> ModelListingOut:
+    async def market_model(model_id: str, _caller: Caller) -> ModelListing:
         """One model listing."""
         resource = await market.check_enclave()
         for listing in await run_sync(market.models, resource):
             if listing.id == model_id:
-                return ModelListingOut(**listing.__dict__)
+                return listing
         raise NotFoundError("not_found.listing", f"no ready model {model_id!r} is listed")
 
-    @app.get("/v1/market/datasets", tags=["market"], response_model=list[DatasetOut], responses=auth_errors)
+    @app.get(
+        "/v1/market/datasets", tags=["market"], response_model=list[DatasetRecord], responses=auth_errors
+    )
     async def market_datasets(
         _caller: Caller,
         q: Annotated[str | None, Query(max_length=128)] = None,
         max_price: Annotated[int | None, Query(ge=0)] = None,
-    ) -> list[DatasetOut]:
+    ) -> list[DatasetRecord]:
         """Datasets offered for training collaborations (schema and size only)."""
-        return [
-            DatasetOut(**d.__dict__) for d in await run_sync(market.datasets, query=q, max_price=max_price)
-        ]
+        return await run_sync(market.datasets, query=q, max_price=max_price)
 
     @app.post(
         "/v1/market/datasets",
         tags=["market"],
         status_code=201,
-        response_model=DatasetOut,
+        response_model=DatasetRecord,
         responses=auth_errors | {409: {"description": "name taken"}},
     )
-    async def offer_dataset(body: DatasetOffer, caller: Caller) -> DatasetOut:
+    async def offer_dataset(body: DatasetOffer, caller: Caller) -> DatasetRecord:
         """Offer a dataset's schema and size for training collaborations (data owners only)."""
         if caller.role != "data_owner":
             raise AuthError("auth.forbidden", "only data owners offer datasets")
@@ -177,17 +143,17 @@ def install_market_routes(
             size_bytes=body.size_bytes,
             price=body.price,
         )
-        return DatasetOut(**record.__dict__)
+        return record
 
     @app.get(
         "/v1/market/datasets/{dataset_id}",
         tags=["market"],
-        response_model=DatasetOut,
+        response_model=DatasetRecord,
         responses=auth_errors | {404: {"description": "no such listing"}},
     )
-    async def market_dataset(dataset_id: str, _caller: Caller) -> DatasetOut:
+    async def market_dataset(dataset_id: str, _caller: Caller) -> DatasetRecord:
         """One dataset listing."""
-        return DatasetOut(**(await run_sync(market.dataset, dataset_id)).__dict__)
+        return await run_sync(market.dataset, dataset_id)
 
     @app.get("/v1/market/resources", tags=["market"], response_model=list[ResourceOut], responses=auth_errors)
     async def market_resources(
