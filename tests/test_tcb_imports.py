@@ -21,6 +21,7 @@ ALLOWED_OWN = (
     "sealedml.attestation.measurement",
     "sealedml.attestation.producers",
     "sealedml.attestation.evidence.bundle",
+    "sealedml.training_spec",
 )
 
 

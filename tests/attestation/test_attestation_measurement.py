@@ -154,7 +154,14 @@ def test_manifest_lists_every_measured_file_and_runtime_pin():
         "runtime:numpy",
         "runtime:onnxruntime",
         "runtime:cryptography",
+        "runtime:onnx",
+        "runtime:scikit-learn",
+        "runtime:scipy",
+        "runtime:skl2onnx",
+        "runtime:diffprivlib",
+        "runtime:pyarrow",
     }
+    assert "training_spec.py" in paths
 
 
 def test_not_a_package_dir_is_a_config_error(tmp_path):

@@ -49,6 +49,7 @@ TCB_PATHS: tuple[str, ...] = (
     "attestation/producers/",
     "attestation/evidence/__init__.py",
     "attestation/evidence/bundle.py",
+    "training_spec.py",
 )
 """What the enclave process executes, relative to the ``sealedml`` package directory.
 
@@ -57,7 +58,17 @@ imports must be covered, including the ``__init__.py`` of each package on the wa
 runs them on import; ``tests/attestation`` checks this against a real import.
 """
 
-RUNTIME_DISTRIBUTIONS: tuple[str, ...] = ("cryptography", "numpy", "onnxruntime")
+RUNTIME_DISTRIBUTIONS: tuple[str, ...] = (
+    "cryptography",
+    "numpy",
+    "onnxruntime",
+    "onnx",
+    "scikit-learn",
+    "scipy",
+    "skl2onnx",
+    "diffprivlib",
+    "pyarrow",
+)
 """Third-party distributions whose versions are part of the measurement."""
 
 _NOT_INSTALLED = "not-installed"

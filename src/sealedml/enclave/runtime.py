@@ -4,6 +4,11 @@
 every field it supplies is checked against what the *sealed* request says: the operation and model
 id are authenticated inside the HPKE envelope, request ids are accepted once within a freshness
 window, and a model blob must have the digest its provider sealed to us.
+
+Confidential training adds ``provision_dataset`` / ``load_dataset`` / ``unload_dataset`` (a data
+owner's key, like a provider's), ``approve`` (an owner's Ed25519 signature over one job spec's
+digest) and ``train`` (a sealed job spec; the model key goes only to the spec's recipients). The
+heavy ML libraries are imported on the first training job, not at enclave start.
 """
 
 from __future__ import annotations
@@ -21,23 +26,39 @@ from sealedml.attestation.evidence.bundle import EvidenceBundle
 from sealedml.attestation.report_data import bind_report_data
 from sealedml.crypto.request import OpenedRequest, RecipientKey, seal_response
 from sealedml.crypto.sealing import seal, unseal
-from sealedml.crypto.signing import SigningKey
+from sealedml.crypto.signing import SigningKey, verify_signature
 from sealedml.crypto.stream import decrypt_bytes
 from sealedml.enclave import payload
+from sealedml.enclave.datasets import DatasetConfig, DatasetState, TrainingLimits, decrypt_dataset
 from sealedml.enclave.models import (
     LoadedModel,
     ModelConfig,
+    OutputPolicy,
     check_features,
     load_model,
     run_model,
 )
-from sealedml.enclave.receipts import build_receipt
-from sealedml.errors import EnclaveError, InputError, ModelError, RequestError
+from sealedml.enclave.receipts import build_receipt, build_train_receipt
+from sealedml.errors import CryptoError, EnclaveError, InputError, ModelError, RequestError
+from sealedml.training_spec import (
+    MAX_DATASETS,
+    JobSpec,
+    approval_message,
+    loads_json,
+    parse_job_spec_json,
+    spec_digest,
+)
 
 MODEL_CONTENT_TYPE = "model/onnx"
 REQUEST_WINDOW_SECONDS = 600
 CLOCK_SKEW_SECONDS = 60
 DEFAULT_MAX_ROWS = 1_000_000
+APPROVAL_TTL_SECONDS = 24 * 3600
+MAX_APPROVALS = 10_000
+MAX_FINISHED_JOBS = 10_000
+
+Progress = Callable[[str, str], None]
+"""Called with ``(job, phase)`` as a training job enters each phase."""
 
 
 class Platform(Protocol):
@@ -59,6 +80,14 @@ class Platform(Protocol):
 
 
 @dataclass(frozen=True)
+class _Approval:
+    """An owner's verified approval of one spec digest for one dataset, held in memory only."""
+
+    approval_key: bytes
+    received_at: int
+
+
+@dataclass(frozen=True)
 class Reply:
     """A handler's answer: header fields and binary parts."""
 
@@ -76,6 +105,8 @@ class Enclave:
         measurement: str,
         clock: Callable[[], float] = time.time,
         max_rows: int = DEFAULT_MAX_ROWS,
+        training_limits: TrainingLimits | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self._platform = platform
         self.measurement = measurement
@@ -88,6 +119,14 @@ class Enclave:
         self._models_lock = threading.Lock()
         self._seen: dict[str, int] = {}
         self._seen_lock = threading.Lock()
+        self._limits = training_limits or TrainingLimits()
+        self._progress = progress
+        self._datasets: dict[str, DatasetState] = {}
+        self._reserved: dict[str, float] = {}
+        self._approvals: dict[tuple[str, str], _Approval] = {}
+        self._running: set[str] = set()
+        self._finished: dict[str, int] = {}
+        self._datasets_lock = threading.Lock()
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -282,6 +321,347 @@ class Enclave:
         )
         return Reply({"receipt": receipt, "signature": signature, "rows": rows, "usage": usage}, (response,))
 
+    # -- datasets ---------------------------------------------------------------------------------
+
+    def _seal_dataset(self, state: DatasetState) -> bytes:
+        return seal(
+            platform_secret=self._platform.sealing_secret,
+            measurement=self.measurement,
+            label=f"dataset:{state.dataset_id}",
+            plaintext=state.to_json(),
+        )
+
+    def _provision_dataset(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        dataset_id, _client = _str(header, "dataset"), _str(header, "client")
+        request, blob = _parts(parts, 2)
+        opened = self._open(request, op="provision_dataset", model_id=dataset_id)
+        config = DatasetConfig.from_json(opened.payload)
+        table = decrypt_dataset(config, blob, self._limits)
+        state = DatasetState(dataset_id=dataset_id, config=config)
+        sealed = self._seal_dataset(state)
+        with self._datasets_lock:
+            self._datasets[dataset_id] = state
+        answer = json.dumps(
+            {
+                "dataset": dataset_id,
+                "rows": table.rows,
+                "columns": len(table.columns),
+                "schema_sha256": table.schema_sha256,
+                "content_type": table.content_type,
+                "epsilon_total": config.epsilon_total,
+                "measurement": self.measurement,
+            }
+        ).encode()
+        response = seal_response(
+            response_key=opened.response_key, request_id=opened.header.request_id, payload=answer
+        )
+        return Reply({"dataset": dataset_id, "generation": 0}, (sealed, response))
+
+    def _load_dataset(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        dataset_id = _str(header, "dataset")
+        sealed, blob = _parts(parts, 2)
+        state = DatasetState.from_json(
+            unseal(
+                platform_secret=self._platform.sealing_secret,
+                measurement=self.measurement,
+                label=f"dataset:{dataset_id}",
+                blob=sealed,
+            ),
+            dataset_id,
+        )
+        if hashlib.sha256(blob).hexdigest() != state.config.dataset_blob_sha256:
+            raise InputError(
+                "input.blob_mismatch", "the stored dataset blob is not the one its owner provisioned"
+            )
+        with self._datasets_lock:
+            current = self._datasets.get(dataset_id)
+            if current is not None and current != state:
+                raise RequestError(
+                    "request.stale_state",
+                    f"this enclave holds dataset {dataset_id!r} at budget generation {current.generation}; "
+                    f"the sealed state offered is generation {state.generation}: hand back the latest one",
+                )
+            self._datasets[dataset_id] = state
+        return Reply(_budget(state))
+
+    def _unload_dataset(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        with self._datasets_lock:
+            self._datasets.pop(_str(header, "dataset"), None)
+        return Reply({})
+
+    # -- approvals --------------------------------------------------------------------------------
+
+    def _approve(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        dataset_id = _str(header, "dataset")
+        (request,) = _parts(parts, 1)
+        opened = self._open(request, op="approve", model_id=dataset_id)
+        try:
+            data = loads_json(opened.payload)
+            digest, signature = data["spec_sha256"], bytes.fromhex(data["signature"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise InputError("input.malformed", "an approval is {spec_sha256, signature (hex)}") from exc
+        message = approval_message(dataset_id, digest) if isinstance(digest, str) else b""
+        with self._datasets_lock:
+            state = self._datasets.get(dataset_id)
+        if state is None:
+            raise _not_provisioned([dataset_id])
+        try:
+            verify_signature(state.config.approval_public_key, message, signature)
+        except CryptoError:
+            raise RequestError(
+                "request.approval_invalid",
+                f"the approval is not signed by the approval key of dataset {dataset_id!r}'s owner",
+            ) from None
+        now = int(self._clock())
+        with self._datasets_lock:
+            if len(self._approvals) >= MAX_APPROVALS:
+                horizon = now - APPROVAL_TTL_SECONDS
+                self._approvals = {k: v for k, v in self._approvals.items() if v.received_at >= horizon}
+                if len(self._approvals) >= MAX_APPROVALS:
+                    raise EnclaveError("enclave.busy", "too many pending approvals; retry later")
+            self._approvals[(digest, dataset_id)] = _Approval(state.config.approval_public_key, now)
+        answer = json.dumps(
+            {
+                "dataset": dataset_id,
+                "spec_sha256": digest,
+                "approved": True,
+                "expires_at": now + APPROVAL_TTL_SECONDS,
+            }
+        ).encode()
+        response = seal_response(
+            response_key=opened.response_key, request_id=opened.header.request_id, payload=answer
+        )
+        return Reply({"dataset": dataset_id, "spec_sha256": digest}, (response,))
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def _begin_job(self, spec: JobSpec, digest: str) -> list[DatasetState]:
+        """Check provisioning, approvals, budgets and the model id; reserve the job's epsilon."""
+        now = int(self._clock())
+        epsilon = spec.dp_epsilon or 0.0
+        with self._datasets_lock:
+            if digest in self._running or digest in self._finished:
+                raise RequestError(
+                    "request.replayed", "a job with exactly this spec already ran or is running here"
+                )
+            absent = [d for d in spec.datasets if d not in self._datasets]
+            if absent:
+                raise _not_provisioned(absent)
+            states = [self._datasets[d] for d in spec.datasets]
+            missing = []
+            for state in states:
+                approval = self._approvals.get((digest, state.dataset_id))
+                if (
+                    approval is None
+                    or approval.approval_key != state.config.approval_public_key
+                    or approval.received_at < now - APPROVAL_TTL_SECONDS
+                ):
+                    missing.append(state.dataset_id)
+            if missing:
+                raise RequestError(
+                    "request.approvals_missing",
+                    f"the owners of {missing} have not approved job spec {digest}: each dataset owner "
+                    "must sign this exact spec digest (op approve) before the job can start",
+                )
+            for state in states:
+                if spec.dp_epsilon is None and state.config.epsilon_total is not None:
+                    raise InputError(
+                        "input.dp_required",
+                        f"dataset {state.dataset_id!r} has a privacy budget: "
+                        "only jobs with dp_epsilon may use it",
+                    )
+                reserved = self._reserved.get(state.dataset_id, 0.0)
+                if spec.dp_epsilon is not None and not state.can_spend(epsilon, reserved):
+                    left = (state.epsilon_remaining or 0.0) - reserved
+                    raise InputError(
+                        "input.privacy_budget_exhausted",
+                        f"dataset {state.dataset_id!r} has epsilon {max(left, 0.0):.6g} of "
+                        f"{state.config.epsilon_total:.6g} left; this job needs {epsilon:.6g}",
+                    )
+            if spec.publish:
+                with self._models_lock:
+                    if spec.model in self._models:
+                        raise InputError(
+                            "input.conflict",
+                            f"a model {spec.model!r} is already loaded: publish under a new id",
+                        )
+            for state in states:
+                self._reserved[state.dataset_id] = self._reserved.get(state.dataset_id, 0.0) + epsilon
+            self._running.add(digest)
+        return states
+
+    def _release(self, spec: JobSpec, digest: str) -> None:
+        """Undo :meth:`_begin_job`'s reservation (caller holds the datasets lock)."""
+        epsilon = spec.dp_epsilon or 0.0
+        for dataset_id in spec.datasets:
+            left = self._reserved.get(dataset_id, 0.0) - epsilon
+            if left > 1e-12:
+                self._reserved[dataset_id] = left
+            else:
+                self._reserved.pop(dataset_id, None)
+        self._running.discard(digest)
+
+    def _abort_job(self, spec: JobSpec, digest: str) -> None:
+        with self._datasets_lock:
+            self._release(spec, digest)
+
+    def _commit_job(
+        self, spec: JobSpec, digest: str, states: list[DatasetState], model: LoadedModel | None
+    ) -> list[DatasetState]:
+        """Spend the budget, consume the approvals and publish the model; all or nothing."""
+        epsilon = spec.dp_epsilon
+        with self._datasets_lock:
+            if model is not None:
+                with self._models_lock:
+                    if spec.model in self._models:
+                        self._release(spec, digest)
+                        raise InputError(
+                            "input.conflict",
+                            f"a model {spec.model!r} was loaded meanwhile: publish under a new id",
+                        )
+                    self._models[spec.model] = model
+            self._release(spec, digest)
+            updated = []
+            for state in states:
+                current = self._datasets.get(state.dataset_id)
+                base = current if current is not None and current.config == state.config else state
+                new = base.spend(epsilon) if epsilon is not None else base
+                if epsilon is not None and base is current:
+                    self._datasets[state.dataset_id] = new
+                updated.append(new)
+                self._approvals.pop((digest, state.dataset_id), None)
+            self._finished[digest] = int(self._clock())
+            if len(self._finished) > MAX_FINISHED_JOBS:
+                oldest = sorted(self._finished, key=self._finished.__getitem__)[: len(self._finished) // 2]
+                for key in oldest:
+                    del self._finished[key]
+        return updated
+
+    def _train(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        model_id, client, job = _str(header, "model"), _str(header, "client"), _str(header, "job")
+        routed = header.get("datasets")
+        if (
+            not isinstance(routed, list)
+            or not 0 < len(routed) <= MAX_DATASETS
+            or not all(isinstance(d, str) for d in routed)
+        ):
+            raise EnclaveError("enclave.protocol", "frame field 'datasets' must list the job's dataset ids")
+        if len(parts) != 1 + len(routed):
+            raise EnclaveError(
+                "enclave.protocol", f"expected {1 + len(routed)} binary parts, got {len(parts)}"
+            )
+        request, blobs = parts[0], parts[1:]
+        opened = self._open(request, op="train", model_id=model_id)
+        spec = parse_job_spec_json(opened.payload)
+        if spec.model != model_id or list(spec.datasets) != routed:
+            raise RequestError(
+                "request.invalid",
+                "the host routed another model id or other datasets than the sealed spec names",
+            )
+        digest = spec_digest(spec)
+
+        from sealedml.enclave import training  # the ML stack loads with the first job
+
+        states = self._begin_job(spec, digest)
+        progress = self._progress
+        log = training.PhaseLog(None if progress is None else (lambda phase: progress(job, phase)))
+        try:
+            trained = training.train_job(spec, states, blobs, self._limits, log)
+            packaged = training.package_model(trained, spec, digest, log)
+            loaded: LoadedModel | None = None
+            sealed_config = b""
+            if spec.publish:
+                config = ModelConfig(
+                    model_key=packaged.model_key,
+                    model_blob_sha256=packaged.model_blob_sha256,
+                    input_columns=trained.feature_columns,
+                    output_policy=OutputPolicy.from_dict(spec.serving.get("output_policy")),
+                    query_budget=spec.serving.get("query_budget"),
+                )
+                loaded = load_model(model_id, config, trained.onnx_bytes)
+                sealed_config = seal(
+                    platform_secret=self._platform.sealing_secret,
+                    measurement=self.measurement,
+                    label=f"model:{model_id}",
+                    plaintext=config.to_json(),
+                )
+        except BaseException:
+            self._abort_job(spec, digest)
+            raise
+        updated = self._commit_job(spec, digest, states, loaded)
+
+        budgets = [_budget(state) for state in updated]
+        phases = [p.to_dict() for p in log.phases]
+        answer = json.dumps(
+            {
+                "job": job,
+                "model": model_id,
+                "spec_sha256": digest,
+                "model_sha256": trained.model_sha256,
+                "model_blob_sha256": packaged.model_blob_sha256,
+                "feature_columns": list(trained.feature_columns),
+                "metrics": trained.metrics,
+                "phases": phases,
+                "recipients": list(spec.recipients),
+                "published": spec.publish,
+                "epsilon_spent": spec.dp_epsilon,
+                "datasets": budgets,
+            },
+            allow_nan=False,
+        ).encode()
+        response = seal_response(
+            response_key=opened.response_key, request_id=opened.header.request_id, payload=answer
+        )
+        receipt, signature = build_train_receipt(
+            self._signer,
+            job=job,
+            request_id=opened.header.request_id,
+            model_id=model_id,
+            model_sha256=trained.model_sha256,
+            model_blob_sha256=packaged.model_blob_sha256,
+            spec_sha256=digest,
+            datasets=[
+                {**budget, "blob_sha256": state.config.dataset_blob_sha256}
+                for budget, state in zip(budgets, updated, strict=True)
+            ],
+            recipients=list(spec.recipients),
+            published=spec.publish,
+            metrics=trained.metrics,
+            epsilon_spent=spec.dp_epsilon,
+            request=request,
+            response=response,
+            client=client,
+            measurement=self.measurement,
+            tee=self._platform.tee,
+            issued_at=int(self._clock()),
+        )
+        layout = ["model_blob", "response"]
+        out_parts = [packaged.blob, response]
+        if spec.publish:
+            layout.append("model_config")
+            out_parts.append(sealed_config)
+        if spec.dp_epsilon is not None:
+            for state in updated:
+                layout.append(f"dataset_state:{state.dataset_id}")
+                out_parts.append(self._seal_dataset(state))
+        return Reply(
+            {
+                "model": model_id,
+                "job": job,
+                "spec_sha256": digest,
+                "model_sha256": trained.model_sha256,
+                "model_blob_sha256": packaged.model_blob_sha256,
+                "published": spec.publish,
+                "grants": [{"recipient": r, "grant": g.hex()} for r, g in packaged.grants],
+                "phases": phases,
+                "datasets": budgets,
+                "receipt": receipt,
+                "signature": signature,
+                "layout": layout,
+            },
+            tuple(out_parts),
+        )
+
     def _receipt(
         self,
         *,
@@ -318,6 +698,11 @@ class Enclave:
         "load": _load,
         "unload": _unload,
         "predict": _predict,
+        "provision_dataset": _provision_dataset,
+        "load_dataset": _load_dataset,
+        "unload_dataset": _unload_dataset,
+        "approve": _approve,
+        "train": _train,
     }
 
 
@@ -326,6 +711,24 @@ def _str(header: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 128:
         raise EnclaveError("enclave.protocol", f"frame field {name!r} is missing or invalid")
     return value
+
+
+def _not_provisioned(datasets: list[str]) -> InputError:
+    return InputError(
+        "input.dataset_not_provisioned",
+        f"dataset(s) {datasets} are not loaded in this enclave: provision them, or load their sealed state",
+    )
+
+
+def _budget(state: DatasetState) -> dict[str, Any]:
+    """The public budget view of a dataset state (no key, no schema)."""
+    return {
+        "dataset": state.dataset_id,
+        "generation": state.generation,
+        "epsilon_spent": state.epsilon_spent,
+        "epsilon_total": state.config.epsilon_total,
+        "epsilon_remaining": state.epsilon_remaining,
+    }
 
 
 def _parts(parts: list[bytes], count: int) -> list[bytes]:
