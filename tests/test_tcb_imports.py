@@ -22,6 +22,7 @@ ALLOWED_OWN = (
     "sealedml.attestation.producers",
     "sealedml.attestation.evidence.bundle",
     "sealedml.training_spec",
+    "sealedml.safejson",
 )
 
 

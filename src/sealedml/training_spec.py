@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sealedml import safejson
 from sealedml.errors import InputError
 
 SPEC_VERSION = 1
@@ -62,33 +63,12 @@ _JSON_SPECIAL = re.compile(r'[\[\]{}"\\]')
 
 
 def loads_json(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Decode UTF-8 JSON whose arrays/objects nest at most ``max_depth`` deep.
+    """Decode UTF-8 JSON whose arrays/objects nest at most ``max_depth`` deep (see :mod:`sealedml.safejson`).
 
-    The depth is checked in one linear scan *before* parsing, so hostile input cannot exhaust the C
-    stack of the JSON decoder (which only guards itself with the interpreter's recursion limit,
-    and libraries in the same process may raise that limit). Raises ``ValueError`` (including
-    ``UnicodeDecodeError``) on bad UTF-8, excessive nesting or invalid JSON.
+    Raises ``ValueError`` (including ``UnicodeDecodeError``) on bad UTF-8, excessive nesting or
+    invalid JSON.
     """
-    text = raw.decode("utf-8")
-    depth, in_string, escaped_at = 0, False, -1
-    for match in _JSON_SPECIAL.finditer(text):
-        position, char = match.start(), match.group()
-        if position == escaped_at:
-            continue
-        if in_string:
-            if char == "\\":
-                escaped_at = position + 1
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > max_depth:
-                raise ValueError(f"JSON nests deeper than {max_depth} levels")
-        elif char in "]}":
-            depth -= 1
-    return json.loads(text)
+    return safejson.loads(raw, max_depth=max_depth)
 
 
 def _fail(message: str) -> InputError:

@@ -227,3 +227,25 @@ def test_background_server_binds_loopback_and_stops(env) -> None:
         assert httpx.get(server.url + "/openapi.json").status_code == 200
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_deeply_nested_or_huge_json_bodies_are_refused_before_parsing(env) -> None:
+    """A JSON body nested 200,000 deep would overflow the decoder's C stack in a process whose
+    recursion limit a library raised; the guard refuses it before any decoder runs."""
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 100_000))  # as the chain libraries do on import
+    try:
+        admin = env.client(env.admin_token)
+        deep = "[" * 200_000 + "]" * 200_000
+        response = admin.post("/v1/accounts", content=deep, headers={"Content-Type": "application/json"})
+        assert (response.status_code, response.json()["error"]["code"]) == (400, "input.malformed")
+        assert "nests deeper" in response.json()["error"]["message"]
+        huge = '{"name": "' + "a" * (1024 * 1024) + '", "role": "provider"}'
+        response = admin.post("/v1/accounts", content=huge, headers={"Content-Type": "application/json"})
+        assert (response.status_code, response.json()["error"]["code"]) == (413, "input.too_large")
+        ok = admin.post("/v1/accounts", json={"name": "still-works", "role": "provider"})
+        assert ok.status_code == 201
+    finally:
+        sys.setrecursionlimit(limit)

@@ -50,6 +50,7 @@ TCB_PATHS: tuple[str, ...] = (
     "attestation/evidence/__init__.py",
     "attestation/evidence/bundle.py",
     "training_spec.py",
+    "safejson.py",
 )
 """What the enclave process executes, relative to the ``sealedml`` package directory.
 

@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from sealedml import safejson
 from sealedml.errors import CryptoError
 
 MAGIC = b"SML"
@@ -83,7 +84,7 @@ def parse_prefix(data: bytes, expected: Kind) -> tuple[dict[str, Any], int]:
         raise CryptoError("crypto.malformed", "envelope header length is out of bounds")
     raw = data[_FIXED.size : _FIXED.size + hlen]
     try:
-        header = json.loads(raw)
+        header = safejson.loads(raw)
         canonical = isinstance(header, dict) and canonical_json(header) == bytes(raw)
     except (UnicodeError, ValueError, RecursionError) as exc:
         raise CryptoError("crypto.malformed", "envelope header is not JSON") from exc

@@ -20,6 +20,7 @@ import json
 import struct
 from typing import Any, BinaryIO
 
+from sealedml import safejson
 from sealedml.errors import EnclaveError
 
 PROTOCOL_VERSION = 1
@@ -63,7 +64,7 @@ def decode_frame(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
     if hlen > MAX_HEADER or _HEAD.size + hlen > len(payload):
         raise EnclaveError("enclave.protocol", "frame header length out of bounds")
     try:
-        header = json.loads(payload[_HEAD.size : _HEAD.size + hlen])
+        header = safejson.loads(payload[_HEAD.size : _HEAD.size + hlen])
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise EnclaveError("enclave.protocol", "frame header is not JSON") from exc
     sizes = header.get("parts") if isinstance(header, dict) else None

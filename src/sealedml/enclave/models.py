@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from sealedml import safejson
 from sealedml.errors import InputError, ModelError
 
 OUTPUT_MODES = ("probabilities", "rounded", "label")
@@ -62,7 +63,7 @@ class ModelConfig:
     def from_json(cls, raw: bytes) -> ModelConfig:
         """Parse and validate the provider's provisioning message; raises ``input.malformed``."""
         try:
-            data = json.loads(raw)
+            data = safejson.loads(raw)
             key = bytes.fromhex(data["model_key"])
             blob = data["model_blob_sha256"]
             columns = data["input_columns"]

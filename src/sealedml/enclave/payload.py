@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sealedml import safejson
 from sealedml.errors import InputError
 
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i8", "<i4", "|b1"})
@@ -52,7 +53,7 @@ def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if size > MAX_META or _LEN.size + size > len(data):
         raise InputError("input.malformed", "payload metadata length is out of bounds")
     try:
-        meta = json.loads(data[_LEN.size : _LEN.size + size])
+        meta = safejson.loads(data[_LEN.size : _LEN.size + size])
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError("input.malformed", "payload metadata is not JSON") from exc
     listing = meta.get("arrays") if isinstance(meta, dict) else None

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sealedml import __version__
+from sealedml import __version__, safejson
 from sealedml.errors import InputError, SealedMLError
 from sealedml.platform.auth import Authenticator, Principal, bearer_token, ensure_admin
 from sealedml.platform.catalog import Catalog, JobRecord, ModelRecord
@@ -195,6 +195,62 @@ class CatchAllMiddleware:
             await _error_response("internal", "internal server error", 500)(scope, receive, send)
 
 
+MAX_JSON_BODY = 1024 * 1024
+MAX_JSON_BODY_DEPTH = 64
+
+
+class JsonBodyGuard:
+    """Refuse JSON request bodies that are too large or nest too deep, before any decoder sees them.
+
+    The standard JSON decoder only guards its recursion with the interpreter's recursion limit,
+    which libraries in this process may raise (the chain libraries set it to 100,000); a deeply
+    nested body would then overflow the C stack and kill the server. Bodies of other content types
+    (ciphertext) pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Buffer and check a JSON body, then replay it to the app; answer 400/413 if it is refused."""
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if b"json" not in headers.get(b"content-type", b"").lower():
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body.extend(message.get("body", b""))
+            if len(body) > MAX_JSON_BODY:
+                await _error_response(
+                    "input.too_large", f"JSON bodies are limited to {MAX_JSON_BODY} bytes", 413
+                )(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        try:
+            safejson.check_depth(body.decode("utf-8"), MAX_JSON_BODY_DEPTH)
+        except ValueError as exc:
+            reason = "is not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            await _error_response("input.malformed", f"the JSON body {reason}", 400)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def sealedml_error(_request: Request, exc: Exception) -> Response:
         """Answer with the error's stable code and status."""
@@ -226,6 +282,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SealedMLError, sealedml_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(JsonBodyGuard)
     app.add_middleware(CatchAllMiddleware)
 
 

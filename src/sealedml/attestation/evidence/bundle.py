@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sealedml import safejson
 from sealedml.attestation.report_data import KEY_LENGTH, NONCE_MAX_LENGTH, NONCE_MIN_LENGTH
 from sealedml.errors import AttestationError
 
@@ -166,7 +167,7 @@ class EvidenceBundle:
         if len(text) > MAX_BUNDLE_JSON:
             raise _malformed(f"evidence is larger than {MAX_BUNDLE_JSON} bytes")
         try:
-            data = json.loads(text, object_pairs_hook=_no_duplicates)
+            data = safejson.loads(text, max_depth=8, object_pairs_hook=_no_duplicates)
         except (ValueError, RecursionError):
             raise _malformed("evidence is not valid JSON") from None
         if not isinstance(data, dict):
