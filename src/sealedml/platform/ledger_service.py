@@ -142,14 +142,15 @@ class PlatformLedger:
         return None if self.anchor_mode == "none" else self._chain_anchor()
 
     def anchor_now(self) -> dict[str, Any] | None:
-        """Anchor the current signed tree head on the chain unless this size is anchored already.
+        """Anchor the current signed tree head on the chain unless the log is empty or this size is
+        anchored already.
 
         Returns ``{"sth", "anchor"}`` for a new anchor, or None (nothing new, or anchoring is off).
         """
         if self.anchor_mode == "none":
             return None
         sth = self.log.sth()
-        if sth.tree_size == self._anchored_size:
+        if sth.tree_size in (0, self._anchored_size):
             return None
         chain = self._chain_anchor()
         anchor = chain.anchor(sth.log_id, sth.tree_size, sth.root_hash, sth.timestamp_ms)
