@@ -617,32 +617,6 @@ def predict(
     _run(action)
 
 
-@app.command()
-def jobs(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """List this account's jobs."""
-
-    def action() -> None:
-        with _client(url, token) as client:
-            listing = client.list_jobs()
-        if as_json:
-            _print_json(listing)
-            return
-        table = Table(title="Jobs")
-        for col in ("id", "model", "status", "rows", "created"):
-            table.add_column(col)
-        for job in listing:
-            table.add_row(
-                str(job.get("id")),
-                str(job.get("model_id")),
-                str(job.get("status")),
-                str(job.get("rows")),
-                str(job.get("created_at")),
-            )
-        err.print(table)
-
-    _run(action)
-
-
 @receipt_app.command("verify")
 def receipt_verify(
     receipt_file: Annotated[Path, typer.Argument(help="A receipt saved by `sealedml predict --receipts`.")],
@@ -667,23 +641,59 @@ def receipt_verify(
 
 # -- demo -----------------------------------------------------------------------------------------
 
+demo_app = typer.Typer(
+    help="Run a showcase end to end on loopback: inference (default), genomics or heart.",
+    invoke_without_command=True,
+)
+app.add_typer(demo_app, name="demo")
 
-@app.command()
+
+@demo_app.callback()
 def demo(
+    ctx: typer.Context,
     data_dir: Annotated[Path | None, typer.Option(help="Keep the demo's server state here.")] = None,
 ) -> None:
     """Run the whole confidential-inference path on real medical data, on loopback."""
+    if ctx.invoked_subcommand is not None:
+        return
     from sealedml.demo import run_demo
 
     _run(lambda: run_demo(err, data_dir))
 
 
+@demo_app.command("genomics")
+def demo_genomics(
+    data_dir: Annotated[Path | None, typer.Option(help="Keep the demo's server state here.")] = None,
+    genes: Annotated[int, typer.Option(help="Genes in the synthetic cohort.")] = 2000,
+    patients: Annotated[int, typer.Option(help="Patients in the synthetic cohort.")] = 300,
+) -> None:
+    """Two hospitals train one model on their joint gene-expression data without sharing a row."""
+    from sealedml.demo_genomics import run_genomics_demo
+
+    _run(lambda: run_genomics_demo(err, data_dir, n_genes=genes, n_patients=patients))
+
+
+@demo_app.command("heart")
+def demo_heart(
+    data_dir: Annotated[Path | None, typer.Option(help="Keep the demo's server state here.")] = None,
+    epsilon: Annotated[
+        float, typer.Option(help="Epsilon of the DP training job (the dataset's budget is one more).")
+    ] = 3.0,
+) -> None:
+    """A clinic trains a differentially private heart-disease model, publishes it; a doctor predicts."""
+    from sealedml.demo_heart import run_heart_demo
+
+    _run(lambda: run_heart_demo(err, data_dir, epsilon=epsilon))
+
+
 def _register_subcommands() -> None:
     from sealedml.cli_ledger import ledger_app
     from sealedml.cli_market import market_app
+    from sealedml.cli_training import register as register_training
 
     app.add_typer(market_app, name="market")
     app.add_typer(ledger_app, name="ledger")
+    register_training(app, model_app)
 
 
 _register_subcommands()

@@ -185,6 +185,21 @@ STATUS_BY_CODE: dict[str, int] = {
     "enclave.protocol": 502,
     "enclave.internal": 500,
     "config.invalid": 400,
+    # confidential training
+    "input.spec_invalid": 400,
+    "input.blob_mismatch": 422,
+    "input.dataset_not_provisioned": 409,
+    "input.insufficient_data": 422,
+    "input.dp_required": 403,
+    "input.privacy_budget_exhausted": 429,
+    "request.approvals_missing": 409,
+    "request.approval_invalid": 400,
+    "request.stale_state": 409,
+    "model.training_failed": 422,
+    "model.export_failed": 422,
+    "model.export_mismatch": 422,
+    "enclave.busy": 503,
+    "not_found.dataset": 404,
 }
 
 HINTS: dict[str, str] = {
@@ -278,6 +293,31 @@ HINTS: dict[str, str] = {
     ),
     "ledger.anchor_mismatch": "the anchor record does not match what the chain holds",
     "ledger.chain_unavailable": "the chain node cannot be reached: check the JSON-RPC URL",
+    "input.spec_invalid": "fix the named field of the job spec (`docs/training.md` lists every parameter)",
+    "input.blob_mismatch": (
+        "the stored dataset ciphertext is not the one its owner provisioned: the host altered or "
+        "replaced it; the owner uploads and provisions it again"
+    ),
+    "input.dataset_not_provisioned": "the owner provisions the dataset key (`sealedml dataset upload`)",
+    "input.insufficient_data": "use more rows, or check that the label has at least two classes",
+    "input.dp_required": (
+        "this dataset has a privacy budget: train with --dp-epsilon and --feature-bounds"
+    ),
+    "input.privacy_budget_exhausted": (
+        "the dataset's privacy budget does not cover this job: use a smaller --dp-epsilon, or ask "
+        "its owner for a new dataset budget"
+    ),
+    "request.approvals_missing": (
+        "every dataset owner must approve this exact job: `sealedml approve JOB` with each owner's token"
+    ),
+    "request.approval_invalid": (
+        "the approval is not signed with the dataset's approval key: only its owner can approve"
+    ),
+    "request.stale_state": "hand the enclave the latest sealed dataset state",
+    "model.training_failed": "check the algorithm's parameters, or try another algorithm",
+    "model.export_mismatch": "the exported ONNX model disagrees with the trained one: try another algorithm",
+    "enclave.busy": "the enclave holds too many pending approvals: retry later",
+    "not_found.dataset": "list your datasets with `sealedml dataset list`; other owners' datasets are hidden",
 }
 
 _CLASS_BY_PREFIX: dict[str, type[SealedMLError]] = {

@@ -127,6 +127,17 @@ def test_openapi_documents_the_api(env) -> None:
         "/v1/ledger/entries/{index}": {"get"},
         "/v1/ledger/anchors": {"get"},
         "/v1/ledger/anchor": {"post"},
+        "/v1/datasets": {"get", "post"},
+        "/v1/datasets/{dataset_id}": {"get", "delete"},
+        "/v1/datasets/{dataset_id}/blob": {"put"},
+        "/v1/datasets/{dataset_id}/provision": {"post"},
+        "/v1/datasets/{dataset_id}/offer": {"post"},
+        "/v1/dataset-refs/{ref}": {"get"},
+        "/v1/train": {"post"},
+        "/v1/jobs/{job_id}/approvals/{dataset_id}": {"post"},
+        "/v1/jobs/{job_id}/request": {"put"},
+        "/v1/jobs/{job_id}/cancel": {"post"},
+        "/v1/jobs/{job_id}/model": {"get"},
     }
     assert {path: set(ops) for path, ops in spec["paths"].items()} == expected
     predict = spec["paths"]["/v1/models/{model_id}/predict"]["post"]

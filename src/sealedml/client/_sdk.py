@@ -32,7 +32,8 @@ from sealedml.client._ledger import LedgerWatcher
 from sealedml.client._market import MarketAPI
 from sealedml.client._models import PreparedModel
 from sealedml.client._receipts import ReceiptBundle, check_job, verify_receipt
-from sealedml.crypto.request import open_response, seal_request
+from sealedml.client._training import TrainingAPI
+from sealedml.crypto.request import SealedRequest, open_response, seal_request
 from sealedml.crypto.stream import encrypt_bytes, new_data_key
 from sealedml.enclave import payload
 from sealedml.errors import (
@@ -132,11 +133,19 @@ class SealedMLClient:
         self._models: dict[str, ModelInfo] = {}
         self.verify_ledger = verify_ledger
         self.ledger = LedgerWatcher(self._json, public_key=log_public_key, state_path=ledger_state)
+        self._training: TrainingAPI | None = None
 
     @property
     def market(self) -> MarketAPI:
         """Marketplace calls: listings, prices, credits, the usage report."""
         return MarketAPI(self._json)
+
+    @property
+    def training(self) -> TrainingAPI:
+        """Confidential training: encrypted datasets, job specs, approvals, models and metrics."""
+        if self._training is None:
+            self._training = TrainingAPI(self)
+        return self._training
 
     def __enter__(self) -> SealedMLClient:
         return self
@@ -273,6 +282,48 @@ class SealedMLClient:
             )
             answer["_receipt_bundle"] = ReceiptBundle(receipt, signature, attestation.evidence, ledger=proof)
             return attestation, answer, plain, receipt
+        raise AssertionError("unreachable")
+
+    def _sealed_send(
+        self,
+        *,
+        op: str,
+        model_id: str,
+        body: bytes,
+        send: Callable[[bytes], Any],
+        opens: bool = True,
+    ) -> tuple[AttestationResult, SealedRequest, Any, bytes | None]:
+        """Seal ``body`` to the attested enclave and hand the envelope to ``send`` (which posts it).
+
+        Re-attests and retries once if the enclave restarted (its key changed): the first envelope
+        was then never opened, so nothing runs twice. With ``opens`` the answer must carry the
+        enclave's sealed ``response``, which is opened here (only this client can). Returns the
+        attestation used, the sealed request, the platform's answer and the opened response.
+        """
+        for attempt in (0, 1):
+            attestation = self._attestation()
+            sealed = seal_request(
+                enclave_public_key=attestation.hpke_public_key, op=op, model=model_id, payload=body
+            )
+            try:
+                answer = send(sealed.envelope)
+            except RequestError as exc:
+                if exc.code == "request.wrong_recipient" and attempt == 0:
+                    self._attested = None
+                    continue
+                raise
+            if not opens:
+                return attestation, sealed, answer, None
+            try:
+                response = base64.b64decode(answer["response"], validate=True)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CryptoError(
+                    "crypto.malformed", "the platform returned no valid response envelope"
+                ) from exc
+            plain = open_response(
+                response, response_key=sealed.response_key, request_id=sealed.header.request_id
+            )
+            return attestation, sealed, answer, plain
         raise AssertionError("unreachable")
 
     # -- models -----------------------------------------------------------------------------------

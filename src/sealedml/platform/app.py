@@ -25,6 +25,7 @@ from sealedml import __version__, safejson
 from sealedml.errors import InputError, SealedMLError
 from sealedml.platform.auth import Authenticator, Principal, bearer_token, ensure_admin
 from sealedml.platform.catalog import Catalog, JobRecord, ModelRecord
+from sealedml.platform.dashboard import install_dashboard
 from sealedml.platform.db import Database
 from sealedml.platform.enclave_manager import EnclaveSupervisor, Relauncher
 from sealedml.platform.ledger_api import anchor_loop, install_ledger_routes
@@ -47,6 +48,7 @@ from sealedml.platform.schemas import (
     ModelUpdate,
     PredictOut,
     ProvisionOut,
+    TrainingOut,
 )
 from sealedml.platform.service import PlatformService
 from sealedml.platform.settings import Settings
@@ -54,6 +56,7 @@ from sealedml.platform.storage import BlobStore
 
 if TYPE_CHECKING:
     from sealedml.attestation.policy import AppraisalPolicy
+    from sealedml.platform.training import TrainingSettings
     from sealedml.tee.client import EnclaveClient
 
 log = logging.getLogger(__name__)
@@ -66,12 +69,20 @@ TAGS: list[dict[str, Any]] = [
     {"name": "accounts", "description": "Tenants and their bearer tokens."},
     {"name": "models", "description": "Encrypted models: register, upload, provision the key, delete."},
     {"name": "predictions", "description": "Sealed prediction requests relayed to the enclave."},
-    {"name": "jobs", "description": "Finished jobs: signed receipts and stored response envelopes."},
+    {
+        "name": "jobs",
+        "description": "Jobs: predictions and training jobs, their state, signed receipts and results.",
+    },
+    {"name": "datasets", "description": "Encrypted training datasets: register, upload, provision the key."},
+    {
+        "name": "training",
+        "description": "Training jobs: submit a spec, owners' approvals, the encrypted model and its grants.",
+    },
     {"name": "ledger", "description": "The transparency log of receipts: tree heads, proofs, chain anchors."},
     {"name": "market", "description": "Listings of models, datasets and TEE resources; the usage report."},
 ]
 
-_OCTET_BODY: dict[str, Any] = {
+OCTET_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
@@ -79,11 +90,13 @@ _OCTET_BODY: dict[str, Any] = {
 }
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting the error body for each of ``statuses``."""
     return {status: {"model": ErrorBody} for status in statuses}
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
+    """Return ``data`` as standard base64 text (how ciphertext travels in JSON answers)."""
     return base64.b64encode(data).decode("ascii")
 
 
@@ -112,8 +125,8 @@ def model_out(model: ModelRecord) -> ModelOut:
     )
 
 
-def job_out(job: JobRecord) -> JobOut:
-    """Return the public API form of a job record."""
+def job_out(job: JobRecord, training: TrainingOut | None = None) -> JobOut:
+    """Return the public API form of a job record (with the training side of a training job)."""
     return JobOut(
         id=job.id,
         model_id=job.model_id,
@@ -123,10 +136,19 @@ def job_out(job: JobRecord) -> JobOut:
         receipt=job.receipt,
         signature=job.signature,
         created_at=job.created_at,
+        kind=job.kind,  # type: ignore[arg-type]
+        phase=job.phase,
+        progress=job.progress,
+        error_code=job.error_code,
+        error_message=job.error_message,
+        updated_at=job.updated_at,
+        training=training,
     )
 
 
-def _declared_size(request: Request) -> int | None:
+def declared_size(request: Request) -> int | None:
+    """Return the request's declared ``Content-Length`` (``None`` if absent); ``input.malformed``
+    if it is not a non-negative number."""
     raw = request.headers.get("content-length")
     if raw is None:
         return None
@@ -153,7 +175,7 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
 
     The declared ``Content-Length`` is checked before anything is read.
     """
-    declared = _declared_size(request)
+    declared = declared_size(request)
     if declared is not None and declared > limit:
         raise InputError("input.too_large", f"the body exceeds the limit of {limit} bytes")
     parts: list[bytes] = []
@@ -292,6 +314,7 @@ def create_app(
     *,
     relauncher: Relauncher | None = None,
     appraisal_policy: "AppraisalPolicy | None" = None,
+    training_settings: "TrainingSettings | None" = None,
 ) -> FastAPI:
     """Build the platform API over ``settings`` and a running enclave client.
 
@@ -315,14 +338,21 @@ def create_app(
     released = service.billing.release_stale_holds()
     if released:
         log.warning("refunded %d charges held by jobs that did not finish before the last stop", released)
+    from sealedml.platform.training import TrainingService, TrainingSettings
+
+    training_settings = training_settings or TrainingSettings.from_settings(settings)
+    training: TrainingService | None = None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        """Anchor tree heads periodically while serving; dispose of the databases when stopping."""
+        """Anchor tree heads and run training jobs while serving; dispose of the databases when stopping."""
         anchoring = asyncio.create_task(anchor_loop(ledger, settings.anchor_interval_seconds))
+        assert training is not None
+        await training.start()
         try:
             yield
         finally:
+            await training.stop()
             anchoring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await anchoring
@@ -348,8 +378,13 @@ def create_app(
         price_per_hour=settings.resource_price_per_hour,
         ttl_seconds=settings.attestation_ttl_seconds,
     )
+    training = TrainingService(service, market, training_settings)
+    failed = training.fail_unfinished()
+    if failed:
+        log.warning("failed %d training jobs that could not survive the restart", failed)
     app.state.service = service
     app.state.market = market
+    app.state.training = training
     _install_error_handlers(app)
     bearer = HTTPBearer(auto_error=False, description="Bearer token `sml_...`")
 
@@ -361,10 +396,14 @@ def create_app(
         return await service.authenticate(token)
 
     Caller = Annotated[Principal, Depends(principal)]
-    auth_errors = _errors(401, 403)
+    auth_errors = error_responses(401, 403)
 
     install_market_routes(app, market, principal, auth_errors)
     install_ledger_routes(app, service, principal, auth_errors)
+    install_dashboard(app, service=service, market=market)
+    from sealedml.platform.training_api import install_training_routes, job_detail
+
+    install_training_routes(app, training, principal, auth_errors, settings.max_request_bytes)
 
     # -- system -------------------------------------------------------------------------------
     @app.get("/healthz", tags=["system"], response_model=Health)
@@ -372,7 +411,9 @@ def create_app(
         """Liveness: the HTTP service is up (says nothing about the enclave)."""
         return Health()
 
-    @app.get("/v1/enclave", tags=["system"], response_model=EnclaveInfoOut, responses=_errors(502, 503))
+    @app.get(
+        "/v1/enclave", tags=["system"], response_model=EnclaveInfoOut, responses=error_responses(502, 503)
+    )
     async def enclave_info() -> EnclaveInfoOut:
         """The enclave's public identity. Verify it with `/v1/attestation` before trusting the keys."""
         info = await supervisor.info()
@@ -391,7 +432,7 @@ def create_app(
         tags=["system"],
         response_class=Response,
         responses={200: {"content": {"application/json": {}}, "description": "EvidenceBundle JSON"}}
-        | _errors(400, 502, 503),
+        | error_responses(400, 502, 503),
     )
     async def attestation(
         nonce: Annotated[str | None, Query(description="client challenge, 16..64 bytes in hex")] = None,
@@ -412,7 +453,7 @@ def create_app(
         tags=["accounts"],
         status_code=201,
         response_model=AccountCreated,
-        responses=auth_errors | _errors(409, 422),
+        responses=auth_errors | error_responses(409, 422),
     )
     async def create_account(body: AccountCreate, caller: Caller) -> AccountCreated:
         """Create an account (admin only). The token is returned once and stored only as a hash."""
@@ -429,7 +470,7 @@ def create_app(
         "/v1/accounts/{account_id}/credits",
         tags=["accounts"],
         response_model=CreditOut,
-        responses=auth_errors | _errors(400, 404),
+        responses=auth_errors | error_responses(400, 404),
     )
     async def grant_credits(account_id: str, body: CreditGrant, caller: Caller) -> CreditOut:
         """Add credits to an account (admin only)."""
@@ -442,7 +483,7 @@ def create_app(
         tags=["models"],
         status_code=201,
         response_model=ModelOut,
-        responses=auth_errors | _errors(409, 422),
+        responses=auth_errors | error_responses(409, 422),
     )
     async def create_model(body: ModelCreate, caller: Caller) -> ModelOut:
         """Register a model (provider only); upload its encrypted weights next."""
@@ -462,7 +503,7 @@ def create_app(
         "/v1/models/{model_id}",
         tags=["models"],
         response_model=ModelOut,
-        responses=auth_errors | _errors(400, 404, 422),
+        responses=auth_errors | error_responses(400, 404, 422),
     )
     async def update_model(model_id: str, body: ModelUpdate, caller: Caller) -> ModelOut:
         """Change the caller's model listing: description, version, price, allowed measurements."""
@@ -478,7 +519,7 @@ def create_app(
         "/v1/models/{model_id}",
         tags=["models"],
         response_model=ModelOut,
-        responses=auth_errors | _errors(404),
+        responses=auth_errors | error_responses(404),
     )
     async def get_model(model_id: str, caller: Caller) -> ModelOut:
         """One model, if it is ready or the caller owns it."""
@@ -488,8 +529,8 @@ def create_app(
         "/v1/models/{model_id}/blob",
         tags=["models"],
         response_model=ModelOut,
-        responses=auth_errors | _errors(400, 404, 413),
-        openapi_extra=_OCTET_BODY,
+        responses=auth_errors | error_responses(400, 404, 413),
+        openapi_extra=OCTET_BODY,
     )
     async def upload_blob(model_id: str, request: Request, caller: Caller) -> ModelOut:
         """Upload (or replace) the model's encrypted ONNX: a `model/onnx` stream envelope, streamed.
@@ -497,7 +538,7 @@ def create_app(
         Replacing the blob resets the model to `uploaded`: the provider provisions its key again.
         """
         model = await service.upload_blob(
-            caller, model_id, body_stream(request), declared_size=_declared_size(request)
+            caller, model_id, body_stream(request), declared_size=declared_size(request)
         )
         return model_out(model)
 
@@ -505,8 +546,8 @@ def create_app(
         "/v1/models/{model_id}/provision",
         tags=["models"],
         response_model=ProvisionOut,
-        responses=auth_errors | _errors(400, 404, 409, 413, 422, 502, 503),
-        openapi_extra=_OCTET_BODY,
+        responses=auth_errors | error_responses(400, 404, 409, 413, 422, 502, 503),
+        openapi_extra=OCTET_BODY,
     )
     async def provision(model_id: str, request: Request, caller: Caller) -> ProvisionOut:
         """Relay the provider's sealed model key to the enclave; stores the sealed key it returns."""
@@ -514,7 +555,7 @@ def create_app(
         outcome = await service.provision(caller, model_id, body)
         return ProvisionOut(
             model=model_out(outcome.model),
-            response=_b64(outcome.result.response),
+            response=b64(outcome.result.response),
             receipt=outcome.result.receipt,
             signature=outcome.result.signature,
             ledger=outcome.ledger,
@@ -525,7 +566,7 @@ def create_app(
         tags=["models"],
         status_code=204,
         response_class=Response,
-        responses=auth_errors | _errors(404),
+        responses=auth_errors | error_responses(404),
     )
     async def delete_model(model_id: str, caller: Caller) -> Response:
         """Delete the caller's model, its encrypted blob and its copy in the enclave."""
@@ -537,8 +578,8 @@ def create_app(
         "/v1/models/{model_id}/predict",
         tags=["predictions"],
         response_model=PredictOut,
-        responses=auth_errors | _errors(400, 404, 409, 413, 422, 429, 502, 503),
-        openapi_extra=_OCTET_BODY,
+        responses=auth_errors | error_responses(400, 404, 409, 413, 422, 429, 502, 503),
+        openapi_extra=OCTET_BODY,
     )
     async def predict(model_id: str, request: Request, caller: Caller) -> Response:
         """Relay a sealed prediction request; only the requester can open the response."""
@@ -547,7 +588,7 @@ def create_app(
         result = outcome.result
         out = PredictOut(
             job_id=outcome.job.id,
-            response=_b64(result.response),
+            response=b64(result.response),
             receipt=result.receipt,
             signature=result.signature,
             rows=result.rows,
@@ -557,23 +598,28 @@ def create_app(
 
     @app.get("/v1/jobs", tags=["jobs"], response_model=list[JobOut], responses=auth_errors)
     async def list_jobs(caller: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobOut]:
-        """The caller's own jobs, newest first."""
+        """The caller's jobs, newest first: those it submitted, and training jobs using its datasets."""
         return [job_out(job) for job in await service.list_jobs(caller, limit=limit)]
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobOut, responses=auth_errors | _errors(404))
+    @app.get(
+        "/v1/jobs/{job_id}",
+        tags=["jobs"],
+        response_model=JobOut,
+        responses=auth_errors | error_responses(404),
+    )
     async def get_job(job_id: str, caller: Caller) -> JobOut:
-        """One of the caller's jobs."""
-        return job_out(await service.get_job(caller, job_id))
+        """One of the caller's jobs; a training job with its spec, approvals, progress and results."""
+        return await job_detail(training, caller, await service.get_job(caller, job_id))
 
     @app.get(
         "/v1/jobs/{job_id}/result",
         tags=["jobs"],
         response_model=JobResultOut,
-        responses=auth_errors | _errors(404),
+        responses=auth_errors | error_responses(404),
     )
     async def job_result(job_id: str, caller: Caller) -> JobResultOut:
         """The stored response envelope of one of the caller's jobs."""
         job, data = await service.job_result(caller, job_id)
-        return JobResultOut(job_id=job.id, response=_b64(data))
+        return JobResultOut(job_id=job.id, response=b64(data))
 
     return app

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, case, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sealedml.errors import InputError, RequestError
-from sealedml.platform.db import Database, Job, Model, ModelUsage, new_id, utcnow
+from sealedml.platform.db import Database, Job, JobDataset, Model, ModelUsage, new_id, utcnow
 from sealedml.platform.storage import StoredBlob
 
 
@@ -88,7 +88,10 @@ class PredictTarget:
 
 @dataclass(frozen=True)
 class JobRecord:
-    """A finished job row."""
+    """A job row: a finished prediction, or a training job in any state (``kind``).
+
+    A training job that is not done yet has an empty receipt, signature and result path.
+    """
 
     id: str
     owner_id: str
@@ -100,6 +103,12 @@ class JobRecord:
     signature: str
     result_path: str
     created_at: datetime
+    kind: str = "predict"
+    phase: str | None = None
+    progress: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    updated_at: datetime | None = None
 
     @classmethod
     def of(cls, row: Job) -> JobRecord:
@@ -111,10 +120,16 @@ class JobRecord:
             request_id=row.request_id,
             status=row.status,
             rows=row.rows,
-            receipt=dict(row.receipt),
+            receipt=dict(row.receipt or {}),
             signature=row.signature,
             result_path=row.result_path,
             created_at=_aware(row.created_at),
+            kind=row.kind or "predict",
+            phase=row.phase,
+            progress=row.progress,
+            error_code=row.error_code,
+            error_message=row.error_message,
+            updated_at=_aware(row.updated_at) if row.updated_at is not None else None,
         )
 
 
@@ -136,14 +151,21 @@ class Catalog:
         version: str = "1",
         price_per_row: int = 0,
         allowed_measurements: tuple[str, ...] = (),
+        model_id: str | None = None,
     ) -> ModelRecord:
-        """Insert a model in status ``created``; raises ``input.conflict`` if the name is taken."""
+        """Insert a model in status ``created``; raises ``input.conflict`` if the name is taken.
+
+        ``model_id`` reserves a given id (a training job names its model before it exists);
+        ``input.conflict`` too if that id is taken.
+        """
         try:
             with self.db.session() as session:
                 if session.scalar(select(Model.id).where(Model.name == name)) is not None:
                     raise InputError("input.conflict", f"a model named {name!r} already exists")
+                if model_id is not None and session.get(Model, model_id) is not None:
+                    raise InputError("input.conflict", f"a model with id {model_id!r} already exists")
                 row = Model(
-                    id=new_id(),
+                    id=model_id or new_id(),
                     owner_id=owner_id,
                     name=name,
                     description=description,
@@ -356,11 +378,13 @@ class Catalog:
             conn.execute(insert(table).values(model_id=model_id, client_id=client_id, rows=total))
 
     def all_receipts(self) -> list[tuple[dict[str, Any], str]]:
-        """Return every job's (receipt, signature), oldest first (to reconcile the log)."""
+        """Return every finished job's (receipt, signature), oldest first (to reconcile the log)."""
         jobs = Job.__table__
         with self.db.engine.connect() as conn:
             rows = conn.execute(
-                select(jobs.c.receipt, jobs.c.signature).order_by(jobs.c.created_at, jobs.c.id)
+                select(jobs.c.receipt, jobs.c.signature)
+                .where(jobs.c.status == "done")
+                .order_by(jobs.c.created_at, jobs.c.id)
             )
             return [(dict(row.receipt), row.signature) for row in rows]
 
@@ -371,9 +395,22 @@ class Catalog:
             return None if row is None else JobRecord.of(row)
 
     def list_jobs(self, owner_id: str, *, limit: int = 100) -> list[JobRecord]:
-        """Return the owner's most recent jobs, newest first."""
+        """Return the account's most recent jobs, newest first: those it submitted, and the
+        training jobs that use one of its datasets (it approves those)."""
+        involved = select(JobDataset.job_id).where(JobDataset.owner_id == owner_id)
         with self.db.session() as session:
             rows = session.scalars(
-                select(Job).where(Job.owner_id == owner_id).order_by(Job.created_at.desc()).limit(limit)
+                select(Job)
+                .where((Job.owner_id == owner_id) | Job.id.in_(involved))
+                .order_by(Job.created_at.desc(), Job.id)
+                .limit(limit)
             )
             return [JobRecord.of(row) for row in rows]
+
+    def is_job_party(self, job_id: str, account_id: str) -> bool:
+        """Whether ``account_id`` owns a dataset used by training job ``job_id``."""
+        parties = JobDataset.__table__
+        with self.db.engine.connect() as conn:
+            match = (parties.c.job_id == job_id) & (parties.c.owner_id == account_id)
+            found = conn.execute(select(parties.c.job_id).where(match)).first()
+            return found is not None

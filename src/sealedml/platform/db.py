@@ -1,12 +1,15 @@
-"""The platform's catalog: accounts, models, jobs and usage, in SQLAlchemy 2.0 ORM.
+"""The platform's catalog: accounts, models, datasets, jobs and usage, in SQLAlchemy 2.0 ORM.
 
 Everything stored here is public metadata or ciphertext: names, digests, sizes, opaque sealed
-keys, signed receipts. The schema is dialect-neutral (SQLite by default, PostgreSQL by URL); only
-the connection setup differs. Sessions are synchronous; the API calls them from worker threads.
+keys and dataset states, job specs, signed receipts. The schema is dialect-neutral (SQLite by
+default, PostgreSQL by URL); only the connection setup differs. Sessions are synchronous; the API
+calls them from worker threads. A database made before training jobs existed is upgraded in place
+when it is opened (:func:`upgrade_schema`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -30,14 +34,22 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+log = logging.getLogger(__name__)
+
 ROLES = ("admin", "provider", "data_owner")
 MODEL_STATUSES = ("created", "uploaded", "ready")
-JOB_STATUSES = ("done",)
+JOB_KINDS = ("predict", "train")
+JOB_STATUSES = ("awaiting_approval", "queued", "running", "done", "failed", "cancelled")
+"""Predictions are recorded ``done``; training jobs move awaiting_approval → queued → running →
+done or failed (or cancelled by their submitter before they run)."""
+FINAL_JOB_STATUSES = ("done", "failed", "cancelled")
+DATASET_STATUSES = ("created", "uploaded", "ready")
 CHARGE_STATUSES = ("held", "settled", "refunded")
 
 
@@ -107,13 +119,23 @@ class Model(Base):
 
 
 class Job(Base):
-    """One finished prediction: the signed receipt and where its response envelope is.
+    """One job: a finished prediction, or a training job in any state.
+
+    A prediction is recorded when it is done, with its signed receipt and where its response
+    envelope is. A training job is recorded when it is submitted (empty receipt and signature, no
+    result yet, ``rows`` 0: the host never learns row counts) and moves through the states of
+    :data:`JOB_STATUSES`; ``phase``/``progress`` say where it is, ``error_code``/``error_message``
+    why it waits or failed. Its training details are in :class:`TrainingJob`.
 
     ``model_id`` is deliberately not a foreign key: a job's receipt outlives its model.
     """
 
     __tablename__ = "jobs"
-    __table_args__ = (CheckConstraint(_in("status", JOB_STATUSES), name="ck_jobs_status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", JOB_STATUSES), name="ck_jobs_status"),
+        CheckConstraint(_in("kind", JOB_KINDS), name="ck_jobs_kind"),
+        CheckConstraint("progress IS NULL OR (progress >= 0 AND progress <= 100)", name="ck_jobs_progress"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
@@ -125,6 +147,87 @@ class Job(Base):
     signature: Mapped[str] = mapped_column(String(256))
     result_path: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), default="predict", server_default="predict")
+    phase: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    progress: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Dataset(Base):
+    """An encrypted training dataset: its ciphertext, its sealed state, its public budget.
+
+    The id is the dataset id the enclave knows. ``sealed_state`` is opaque (sealed by the enclave to
+    its platform and measurement); ``generation`` and the epsilon columns mirror the public budget
+    the enclave reported last. The schema and row count are never stored: they are inside the
+    ciphertext. ``listing_id`` points at the owner's market listing, whose price a job pays.
+    """
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        CheckConstraint(_in("status", DATASET_STATUSES), name="ck_datasets_status"),
+        CheckConstraint("generation >= 0", name="ck_datasets_generation"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="created")
+    blob_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    blob_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sealed_state: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    epsilon_total: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epsilon_spent: Mapped[float] = mapped_column(Float, default=0.0)
+    measurement: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    listing_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingJob(Base):
+    """The training side of a ``train`` job: its spec, sealed request and what the enclave returned.
+
+    ``request`` is the submitter's sealed ``train`` envelope (opaque; replaced when the submitter
+    refreshes it while approvals are pending). ``grants`` are the model-key grants, each readable
+    only by its recipient; ``charge_ids`` the charges held for the datasets' prices.
+    """
+
+    __tablename__ = "training_jobs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    request: Mapped[bytes] = mapped_column(LargeBinary)
+    publish_model_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    model_blob_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    model_blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    grants: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
+    phases: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    budgets: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    charge_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class JobDataset(Base):
+    """One dataset of a training job, its owner, and the owner's approval as the host saw it.
+
+    ``approved_instance`` is the enclave instance that accepted the approval: approvals live in
+    enclave memory, so one given to an earlier instance no longer counts.
+    """
+
+    __tablename__ = "job_datasets"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    approved_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    approved_instance: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ModelUsage(Base):
@@ -242,6 +345,7 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
+        upgrade_schema(self.engine)
         Base.metadata.create_all(self.engine)
 
     @property
@@ -269,3 +373,63 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+_JOB_COLUMNS_V1 = (
+    "id",
+    "owner_id",
+    "model_id",
+    "request_id",
+    "status",
+    "rows",
+    "receipt",
+    "signature",
+    "result_path",
+    "created_at",
+)
+
+
+def upgrade_schema(engine: Engine) -> bool:
+    """Bring a ``jobs`` table made before training jobs existed up to the current schema.
+
+    Guarantees: every existing job is kept (as a ``predict`` job, its other new columns empty);
+    the status check accepts the training states afterwards. SQLite cannot change a check
+    constraint, so there the table is rebuilt and copied in one transaction; other dialects alter
+    it in place. Returns whether anything was changed (nothing for a new or current database).
+    """
+    inspector = inspect(engine)
+    if "jobs" not in inspector.get_table_names():
+        return False
+    if "kind" in {column["name"] for column in inspector.get_columns("jobs")}:
+        return False
+    log.warning("upgrading the jobs table for training jobs (existing jobs are kept)")
+    if engine.dialect.name == "sqlite":
+        indexes = [index["name"] for index in inspector.get_indexes("jobs") if index.get("name")]
+        columns = ", ".join(_JOB_COLUMNS_V1)
+        with engine.begin() as conn:
+            for name in indexes:
+                conn.execute(text(f'DROP INDEX IF EXISTS "{name}"'))
+            conn.execute(text("ALTER TABLE jobs RENAME TO jobs_v1"))
+            Job.__table__.create(conn)
+            conn.execute(
+                text(f"INSERT INTO jobs ({columns}, kind) SELECT {columns}, 'predict' FROM jobs_v1")  # noqa: S608
+            )
+            conn.execute(text("DROP TABLE jobs_v1"))
+        return True
+    statements = [
+        "ALTER TABLE jobs ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'predict'",
+        "ALTER TABLE jobs ADD COLUMN phase VARCHAR(32)",
+        "ALTER TABLE jobs ADD COLUMN progress INTEGER",
+        "ALTER TABLE jobs ADD COLUMN error_code VARCHAR(64)",
+        "ALTER TABLE jobs ADD COLUMN error_message TEXT",
+        "ALTER TABLE jobs ADD COLUMN updated_at TIMESTAMP WITH TIME ZONE",
+        "ALTER TABLE jobs DROP CONSTRAINT ck_jobs_status",
+    ]
+    for constraint in Job.__table__.constraints:
+        if isinstance(constraint, CheckConstraint):
+            check = f"CHECK ({constraint.sqltext})"
+            statements.append(f"ALTER TABLE jobs ADD CONSTRAINT {constraint.name} {check}")
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+    return True

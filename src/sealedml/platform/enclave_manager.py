@@ -1,10 +1,13 @@
-"""The host's handle on the enclave: cached identity, and which models the current instance holds.
+"""The host's handle on the enclave: cached identity, and which models and datasets the current
+instance holds.
 
-An enclave keeps provisioned models only in memory. When it restarts (new ``instance_id``) the host
-must give every model back its *sealed* key before the first prediction. :class:`EnclaveSupervisor`
-remembers which models were loaded into which instance, loads lazily from the stored sealed key,
-and retries a prediction once if the enclave says ``model.not_provisioned`` anyway (it restarted
-without the host noticing). It never sees a plaintext key or input: everything it passes is opaque.
+An enclave keeps provisioned models and datasets only in memory. When it restarts (new
+``instance_id``) the host must give every model back its *sealed* key before the first
+prediction. :class:`EnclaveSupervisor` remembers which models were loaded into which instance,
+loads lazily from the stored sealed key, and retries a prediction once if the enclave says
+``model.not_provisioned`` anyway (it restarted without the host noticing). Datasets work the same
+way: they are reloaded from their sealed state (``load_dataset``) before an approval or a training
+job needs them. It never sees a plaintext key or input: everything it passes is opaque.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from typing import TYPE_CHECKING, TypeVar
 from sealedml.errors import EnclaveError, SealedMLError
 
 if TYPE_CHECKING:
-    from sealedml.tee.client import EnclaveClient, EnclaveInfo, PredictResult, ProvisionResult
+    from sealedml.tee.client import (
+        ApproveResult,
+        DatasetBudget,
+        EnclaveClient,
+        EnclaveInfo,
+        PredictResult,
+        ProvisionDatasetResult,
+        ProvisionResult,
+        TrainResult,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +50,16 @@ class LoadMaterial:
     usage: dict[str, int]
 
 
+@dataclass(frozen=True)
+class DatasetMaterial:
+    """What ``load_dataset`` needs to bring a dataset back after a restart (opaque to the host)."""
+
+    sealed_state: bytes
+    blob: bytes
+
+
 Loader = Callable[[], Awaitable[LoadMaterial]]
+DatasetLoader = Callable[[], Awaitable[DatasetMaterial]]
 Relauncher = Callable[[], "EnclaveClient"]
 
 _RELAUNCH_INTERVAL = 1.0
@@ -70,6 +91,8 @@ class EnclaveSupervisor:
         self._info_lock = asyncio.Lock()
         self._loaded: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._datasets: set[str] = set()
+        self._dataset_locks: dict[str, asyncio.Lock] = {}
 
     def _client_alive(self) -> bool:
         alive = getattr(getattr(self.client, "channel", None), "alive", True)
@@ -94,6 +117,7 @@ class EnclaveSupervisor:
         """Switch to another enclave instance: no model counts as loaded, identity is re-read."""
         self.client = client
         self._loaded.clear()
+        self._datasets.clear()
         self._info = None
         self._info_at = 0.0
 
@@ -137,6 +161,7 @@ class EnclaveSupervisor:
             if self._info is not None and fresh.instance_id != self._info.instance_id:
                 log.warning("enclave instance changed; models will be re-loaded from sealed keys")
                 self._loaded.clear()
+                self._datasets.clear()
             self._info, self._info_at = fresh, time.monotonic()
             return fresh
 
@@ -207,3 +232,95 @@ class EnclaveSupervisor:
             material = await loader()
             await self._call(lambda c: c.load(model_id, material.sealed_key, material.blob, material.usage))
             self._loaded.add(model_id)
+
+    # -- datasets and training ----------------------------------------------------------------------
+
+    def dataset_loaded(self, dataset_id: str) -> bool:
+        """Whether ``dataset_id`` is believed to be loaded in the current enclave instance."""
+        return dataset_id in self._datasets
+
+    def _dataset_lock(self, dataset_id: str) -> asyncio.Lock:
+        lock = self._dataset_locks.get(dataset_id)
+        if lock is None:
+            lock = self._dataset_locks[dataset_id] = asyncio.Lock()
+        return lock
+
+    async def provision_dataset(
+        self, dataset_id: str, client: str, request: bytes, blob: bytes
+    ) -> tuple[ProvisionDatasetResult, DatasetBudget]:
+        """Relay an owner's sealed dataset config; on success the dataset counts as loaded.
+
+        Also returns the dataset's public budget, read back from the enclave with the state it just
+        sealed (``load_dataset`` of an identical state changes nothing).
+        """
+        async with self._dataset_lock(dataset_id):
+            await self.info()
+            result = await self._call(lambda c: c.provision_dataset(dataset_id, client, request, blob))
+            budget = await self._call(lambda c: c.load_dataset(dataset_id, result.sealed_state, blob))
+            self._datasets.add(dataset_id)
+            return result, budget
+
+    async def ensure_dataset(self, dataset_id: str, loader: DatasetLoader) -> DatasetBudget | None:
+        """Load ``dataset_id`` from its sealed state unless the current instance holds it already.
+
+        Returns the budget the enclave reported when it loaded the dataset now, ``None`` if it was
+        loaded before. Errors (``input.blob_mismatch``, ``request.stale_state``...) propagate.
+        """
+        if dataset_id in self._datasets:
+            return None
+        async with self._dataset_lock(dataset_id):
+            if dataset_id in self._datasets:
+                return None
+            await self.info()
+            material = await loader()
+            budget = await self._call(
+                lambda c: c.load_dataset(dataset_id, material.sealed_state, material.blob)
+            )
+            self._datasets.add(dataset_id)
+            return budget
+
+    async def unload_dataset(self, dataset_id: str) -> None:
+        """Drop ``dataset_id`` from the enclave. Never raises: an unreachable enclave holds nothing."""
+        async with self._dataset_lock(dataset_id):
+            self._datasets.discard(dataset_id)
+            try:
+                await self._call(lambda c: c.unload_dataset(dataset_id))
+            except SealedMLError as exc:
+                log.warning("could not unload dataset %s from the enclave: %s", dataset_id, exc.code)
+        self._dataset_locks.pop(dataset_id, None)
+
+    async def approve(self, dataset_id: str, request: bytes, loader: DatasetLoader) -> ApproveResult:
+        """Relay an owner's sealed approval, loading the dataset from its sealed state when needed.
+
+        Guarantees: an ``input.dataset_not_provisioned`` answer triggers exactly one reload and one
+        retry (the enclave refused before it opened the request, so the retry is not a replay).
+        """
+        await self.ensure_dataset(dataset_id, loader)
+        try:
+            return await self._call(lambda c: c.approve(dataset_id, request))
+        except SealedMLError as exc:
+            if exc.code != "input.dataset_not_provisioned":
+                raise
+        self._datasets.discard(dataset_id)
+        await self.info(refresh=True)
+        await self.ensure_dataset(dataset_id, loader)
+        return await self._call(lambda c: c.approve(dataset_id, request))
+
+    async def train(
+        self,
+        model_id: str,
+        client: str,
+        job_id: str,
+        datasets: list[str],
+        request: bytes,
+        blobs: list[bytes],
+    ) -> TrainResult:
+        """Relay a sealed training job; the caller loaded its datasets first (:meth:`ensure_dataset`).
+
+        A sealed ``train`` request is consumed when the enclave opens it, so it is never retried.
+        A published model counts as loaded in this instance afterwards.
+        """
+        result = await self._call(lambda c: c.train(model_id, client, job_id, datasets, request, blobs))
+        if result.published:
+            self._loaded.add(model_id)
+        return result

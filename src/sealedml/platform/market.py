@@ -232,6 +232,7 @@ class Market:
         jobs = Job.__table__
         usage = (
             select(jobs.c.model_id, func.count().label("uses"), func.sum(jobs.c.rows).label("rows"))
+            .where(jobs.c.kind == "predict")
             .group_by(jobs.c.model_id)
             .subquery()
         )
@@ -412,7 +413,7 @@ class Market:
                 {
                     "job_id": row.job_id,
                     "model_id": row.model_id,
-                    "model": row.model or f"(deleted {row.model_id[:8]})",
+                    "model": row.model or f"(training on {row.model_id[:8]})",
                     "provider": row.provider,
                     "payer": row.payer,
                     "rows": int(row.rows),

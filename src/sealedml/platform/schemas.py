@@ -187,8 +187,45 @@ class PredictOut(BaseModel):
     )
 
 
+class JobDatasetOut(BaseModel):
+    """One dataset of a training job and whether its owner approved it (on the current enclave)."""
+
+    dataset: str
+    position: int
+    owner_id: str
+    approved: bool
+    approved_at: datetime | None
+
+
+class GrantOut(BaseModel):
+    """A model-key grant: HPKE-sealed to one recipient's X25519 key, readable by nobody else."""
+
+    recipient: str = Field(description="X25519 public key, hex")
+    grant: str = Field(description="sealed grant envelope, hex")
+
+
+class TrainingOut(BaseModel):
+    """The training side of a job: spec, approvals, and (when done) what the enclave released."""
+
+    spec: dict[str, Any] = Field(description="the normalised job spec every owner approves")
+    spec_sha256: str
+    datasets: list[JobDatasetOut]
+    waiting_for: list[str] = Field(description="datasets whose owner has not approved yet")
+    request_fresh: bool | None = Field(
+        default=None, description="whether the sealed request can still run (else the submitter re-seals it)"
+    )
+    publish_model_id: str | None = None
+    model_sha256: str | None = None
+    model_blob_sha256: str | None = None
+    grants: list[GrantOut] = Field(default_factory=list)
+    phases: list[dict[str, Any]] = Field(default_factory=list, description="enclave phases and seconds")
+    budgets: list[dict[str, Any]] = Field(default_factory=list, description="privacy budgets after the job")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class JobOut(BaseModel):
-    """A finished job's public record."""
+    """A job's public record: a finished prediction, or a training job in any state."""
 
     id: str
     model_id: str
@@ -198,6 +235,91 @@ class JobOut(BaseModel):
     receipt: dict[str, Any]
     signature: str
     created_at: datetime
+    kind: Literal["predict", "train"] = "predict"
+    phase: str | None = None
+    progress: int | None = Field(default=None, description="percent, for training jobs")
+    error_code: str | None = Field(default=None, description="why a training job waits or failed")
+    error_message: str | None = None
+    updated_at: datetime | None = None
+    training: TrainingOut | None = None
+
+
+class DatasetCreate(_Strict):
+    """Request to register a dataset (data owners); its ciphertext comes next."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = Field(default="", max_length=4096)
+
+
+class DatasetOut(BaseModel):
+    """A dataset as its owner sees it: digests, sizes and the public privacy budget, never a row."""
+
+    id: str
+    owner_id: str
+    name: str
+    description: str
+    status: Literal["created", "uploaded", "ready"]
+    blob_sha256: str | None = Field(description="digest of the ciphertext")
+    blob_size: int | None
+    generation: int = Field(description="budget generation of the stored sealed state")
+    epsilon_total: float | None
+    epsilon_spent: float
+    epsilon_remaining: float | None
+    measurement: str | None = Field(description="measurement of the enclave that sealed the state")
+    listing_id: str | None = Field(description="the market listing whose price training jobs pay")
+    created_at: datetime
+
+
+class DatasetRefOut(BaseModel):
+    """A dataset a training job may name: the caller's own, or one listed on the market."""
+
+    id: str
+    name: str
+    owner_id: str
+    own: bool
+    listing_id: str | None
+
+
+class DatasetProvisionOut(BaseModel):
+    """Result of provisioning a dataset key: the enclave's sealed answer for the owner."""
+
+    dataset: DatasetOut
+    response: str = Field(description="response envelope for the owner, base64")
+
+
+class DatasetColumnIn(_Strict):
+    """One column of a dataset's public schema, as its owner chooses to list it."""
+
+    name: str = Field(min_length=1, max_length=MAX_COLUMN_NAME)
+    type: str
+
+
+class DatasetOfferIn(_Strict):
+    """List a dataset on the market: the schema and size its owner publishes, and its price."""
+
+    description: str = Field(default="", max_length=4096)
+    columns: list[DatasetColumnIn] = Field(min_length=1, max_length=MAX_COLUMNS)
+    rows: StrictInt
+    price: StrictInt = Field(default=0, description="credits per training job that uses the dataset")
+
+
+class TrainSubmit(_Strict):
+    """A training job: the spec in clear (the host validates it) and the same spec sealed to the
+    enclave (which validates it again and trusts only that copy)."""
+
+    spec: dict[str, Any]
+    request: str = Field(description="sealed `train` request envelope, base64")
+    publish_name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    description: str = Field(default="", max_length=4096)
+
+
+class ApprovalOut(BaseModel):
+    """An approval the enclave accepted, with its sealed confirmation for the owner."""
+
+    job: JobOut
+    dataset: str
+    spec_sha256: str
+    response: str = Field(description="response envelope for the owner, base64")
 
 
 class JobResultOut(BaseModel):

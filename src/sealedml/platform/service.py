@@ -99,6 +99,18 @@ async def checked_model_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[by
     Raises ``crypto.malformed`` (or ``crypto.unsupported_version``) as soon as the header is known
     to be bad; nothing is yielded before the header checked out.
     """
+    async for chunk in checked_stream(chunks, (MODEL_CONTENT_TYPE,), "a model upload"):
+        yield chunk
+
+
+async def checked_stream(
+    chunks: AsyncIterator[bytes], content_types: tuple[str, ...], what: str
+) -> AsyncIterator[bytes]:
+    """Pass ``chunks`` through once their start is a stream envelope of one of ``content_types``.
+
+    Raises ``crypto.malformed`` (or ``crypto.unsupported_version``) as soon as the header is known
+    to be bad; nothing is yielded before the header checked out. Only the public header is read.
+    """
     buffer = bytearray()
     checked = False
     async for chunk in chunks:
@@ -111,21 +123,21 @@ async def checked_model_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[by
         header_len = int.from_bytes(buffer[5:9], "big")
         if header_len <= MAX_HEADER and len(buffer) < _ENVELOPE_FIXED + header_len:
             continue
-        _check_model_header(bytes(buffer))
+        _check_stream_header(bytes(buffer), content_types, what)
         checked = True
         yield bytes(buffer)
         buffer = bytearray()
     if not checked:
-        _check_model_header(bytes(buffer))
+        _check_stream_header(bytes(buffer), content_types, what)
         if buffer:
             yield bytes(buffer)
 
 
-def _check_model_header(data: bytes) -> None:
+def _check_stream_header(data: bytes, content_types: tuple[str, ...], what: str) -> None:
     header = read_stream_header(data)
-    if header.content_type != MODEL_CONTENT_TYPE:
+    if header.content_type not in content_types:
         raise CryptoError(
-            "crypto.malformed", f"a model upload must be a {MODEL_CONTENT_TYPE} stream envelope"
+            "crypto.malformed", f"{what} must be a stream envelope of type {' or '.join(content_types)}"
         )
 
 
@@ -410,15 +422,23 @@ class PlatformService:
         return await run_sync(self.catalog.list_jobs, caller.id, limit=limit)
 
     async def get_job(self, caller: Principal, job_id: str) -> JobRecord:
-        """Return the caller's job; other tenants' jobs are ``not_found.job``."""
+        """Return a job the caller submitted, or a training job that uses one of its datasets;
+        every other job is ``not_found.job``."""
         job = await run_sync(self.catalog.get_job, job_id)
-        if job is None or job.owner_id != caller.id:
+        if job is None:
+            raise NotFoundError("not_found.job", "no such job")
+        if job.owner_id != caller.id and not (
+            job.kind == "train" and await run_sync(self.catalog.is_job_party, job_id, caller.id)
+        ):
             raise NotFoundError("not_found.job", "no such job")
         return job
 
     async def job_result(self, caller: Principal, job_id: str) -> tuple[JobRecord, bytes]:
-        """Return the caller's job and its stored response envelope."""
+        """Return the caller's own job and its stored response envelope (only the submitter's key
+        opens it; ``not_found.job`` for anyone else and for a job without a result yet)."""
         job = await self.get_job(caller, job_id)
+        if job.owner_id != caller.id or not job.result_path:
+            raise NotFoundError("not_found.job", "no result is stored for this job")
         try:
             data = await run_sync(self.blobs.read_bytes, job.result_path)
         except FileNotFoundError as exc:

@@ -16,6 +16,7 @@ from sealedml.platform.db import Account, Database, Job, Model
 __all__ = ["JobRow", "job_rows", "model_names", "model_usage"]
 
 _JOB_STATES = {
+    "awaiting_approval": ("Awaiting approval", "state-waiting", None),
     "queued": ("Queued", "state-waiting", None),
     "running": ("Running", "state-running", None),
     "done": ("Done", "state-done", 100),
