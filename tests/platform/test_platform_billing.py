@@ -171,3 +171,52 @@ def test_holds_left_by_a_crash_are_refunded_at_start(env, owner, priced):
     (charge,) = billing.charges(status="refunded")
     assert charge.job_id == "f" * 32 and "restarted" in (charge.reason or "")
     assert billing.release_stale_holds() == 0
+
+
+def test_a_database_from_before_the_marketplace_is_upgraded(tmp_path):
+    """Accounts and models made by the first release gain balances and prices; nothing is lost."""
+    import sqlite3
+
+    from sealedml.platform.billing import Billing
+    from sealedml.platform.catalog import Catalog
+    from sealedml.platform.db import Database
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE accounts (id VARCHAR(32) PRIMARY KEY, name VARCHAR(128) UNIQUE, role VARCHAR(16), "
+            "token_sha256 VARCHAR(64) UNIQUE, created_at DATETIME)"
+        )
+        db.execute(
+            "INSERT INTO accounts VALUES ('a1', 'hospital', 'data_owner', 'ff', '2026-01-01 00:00:00')"
+        )
+        db.execute(
+            "CREATE TABLE models (id VARCHAR(32) PRIMARY KEY, owner_id VARCHAR(32) REFERENCES accounts(id), "
+            "name VARCHAR(128) UNIQUE, description TEXT, input_columns JSON, output_policy JSON, "
+            "status VARCHAR(16), blob_path VARCHAR(512), blob_sha256 VARCHAR(64), blob_size INTEGER, "
+            "sealed_key BLOB, model_sha256 VARCHAR(64), measurement VARCHAR(128), created_at DATETIME)"
+        )
+        db.execute(
+            "INSERT INTO models VALUES ('m1', 'a1', 'screen', 'old', '[\"a\"]', NULL, 'created', NULL, NULL, "
+            "NULL, NULL, NULL, NULL, '2026-01-01 00:00:00')"
+        )
+    database = Database(f"sqlite:///{path}")
+    try:
+        billing = Billing(database)
+        assert billing.balance("a1") == 0
+        assert billing.grant("a1", 25) == 25
+        model = Catalog(database).get_model("m1")
+        assert model is not None
+        assert (model.name, model.price_per_row, model.version, model.allowed_measurements) == (
+            "screen",
+            0,
+            "1",
+            (),
+        )
+    finally:
+        database.dispose()
+    reopened = Database(f"sqlite:///{path}")  # a second open changes nothing
+    try:
+        assert Billing(reopened).balance("a1") == 25
+    finally:
+        reopened.dispose()

@@ -389,19 +389,60 @@ _JOB_COLUMNS_V1 = (
 )
 
 
+_ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "accounts": (("balance", "BIGINT NOT NULL DEFAULT 0"),),
+    "models": (
+        ("version", "VARCHAR(32) NOT NULL DEFAULT '1'"),
+        ("price_per_row", "BIGINT NOT NULL DEFAULT 0"),
+        ("allowed_measurements", "JSON NOT NULL DEFAULT '[]'"),
+    ),
+}
+"""Columns added since the first release, with the defaults existing rows get."""
+
+
+def _add_missing_columns(engine: Engine) -> bool:
+    """Add the marketplace columns to ``accounts`` and ``models`` tables made before they existed.
+
+    Existing accounts start with no credit and existing models are free; the new check
+    constraints are not added to old tables (the charge path never relies on them: debits are
+    conditional updates).
+    """
+    inspector = inspect(engine)
+    tables = set(inspector.get_table_names())
+    statements = []
+    for table, columns in _ADDED_COLUMNS.items():
+        if table not in tables:
+            continue
+        present = {column["name"] for column in inspector.get_columns(table)}
+        statements += [
+            f"ALTER TABLE {table} ADD COLUMN {name} {ddl}" for name, ddl in columns if name not in present
+        ]
+    if not statements:
+        return False
+    log.warning(
+        "adding %d marketplace columns to an older database (existing rows are kept)", len(statements)
+    )
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+    return True
+
+
 def upgrade_schema(engine: Engine) -> bool:
-    """Bring a ``jobs`` table made before training jobs existed up to the current schema.
+    """Bring tables made by earlier releases up to the current schema (see also
+    :func:`_add_missing_columns`); this part upgrades a ``jobs`` table made before training jobs.
 
     Guarantees: every existing job is kept (as a ``predict`` job, its other new columns empty);
     the status check accepts the training states afterwards. SQLite cannot change a check
     constraint, so there the table is rebuilt and copied in one transaction; other dialects alter
     it in place. Returns whether anything was changed (nothing for a new or current database).
     """
+    added = _add_missing_columns(engine)
     inspector = inspect(engine)
     if "jobs" not in inspector.get_table_names():
-        return False
+        return added
     if "kind" in {column["name"] for column in inspector.get_columns("jobs")}:
-        return False
+        return added
     log.warning("upgrading the jobs table for training jobs (existing jobs are kept)")
     if engine.dialect.name == "sqlite":
         indexes = [index["name"] for index in inspector.get_indexes("jobs") if index.get("name")]
