@@ -87,13 +87,20 @@ def job_rows(
     with db.session() as session:
         for job, owner, model in session.execute(statement):
             label, css, progress = describe_state(job.status, getattr(job, "progress", None))
+            kind = str(getattr(job, "kind", None) or "predict")
+            if model:
+                shown = model
+            elif kind == "train":
+                shown = f"(training job {job.id[:8]}: model not published)"
+            else:
+                shown = f"(deleted model {job.model_id[:8]})"
             rows.append(
                 JobRow(
                     id=job.id,
-                    kind=str(getattr(job, "kind", None) or "predict"),
+                    kind=kind,
                     owner=owner,
                     model_id=job.model_id,
-                    model=model or f"(deleted model {job.model_id[:8]})",
+                    model=shown,
                     state=job.status,
                     state_label=label,
                     state_class=css,
@@ -107,7 +114,11 @@ def job_rows(
 
 def model_usage(db: Database, model_id: str) -> list[tuple[datetime, int]]:
     """Return ``(time, rows)`` of every job run on the model, oldest first (no client named)."""
-    statement = select(Job.created_at, Job.rows).where(Job.model_id == model_id).order_by(Job.created_at)
+    statement = (
+        select(Job.created_at, Job.rows)
+        .where((Job.model_id == model_id) & (Job.kind == "predict"))
+        .order_by(Job.created_at)
+    )
     with db.engine.connect() as conn:
         return [(_aware(created), int(rows)) for created, rows in conn.execute(statement)]
 
