@@ -145,6 +145,12 @@ def serve(
         ),
     ] = "embedded",
     anchor_interval: Annotated[float, typer.Option(help="Seconds between anchors.")] = 60.0,
+    pccs_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SEALEDML_PCCS_URL", help="With --tee sgx|tdx: PCCS/PCS to fetch DCAP collateral from."
+        ),
+    ] = None,
 ) -> None:
     """Run the platform service with its enclave (simulated by default: no hardware TEE here)."""
     import shlex
@@ -164,6 +170,7 @@ def serve(
         policy_path=platform_policy,
         anchor=anchor,
         anchor_interval_seconds=anchor_interval,
+        pccs_url=pccs_url,
     )
     if tee == "simulated":
         err.print(

@@ -25,6 +25,7 @@ from sealedml import __version__, safejson
 from sealedml.errors import InputError, SealedMLError
 from sealedml.platform.auth import Authenticator, Principal, bearer_token, ensure_admin
 from sealedml.platform.catalog import Catalog, JobRecord, ModelRecord
+from sealedml.platform.collateral import CollateralSource, pccs_fetcher
 from sealedml.platform.dashboard import install_dashboard
 from sealedml.platform.db import Database
 from sealedml.platform.enclave_manager import EnclaveSupervisor, Relauncher
@@ -382,7 +383,9 @@ def create_app(
     failed = training.fail_unfinished()
     if failed:
         log.warning("failed %d training jobs that could not survive the restart", failed)
+    collateral = CollateralSource(pccs_fetcher(settings.pccs_url) if settings.pccs_url else None)
     app.state.service = service
+    app.state.collateral = collateral
     app.state.market = market
     app.state.training = training
     _install_error_handlers(app)
@@ -444,7 +447,7 @@ def create_app(
             raise InputError("input.malformed", "nonce must be hex") from None
         if not MIN_NONCE_BYTES <= len(raw) <= MAX_NONCE_BYTES:
             raise InputError("input.malformed", f"nonce must be {MIN_NONCE_BYTES}..{MAX_NONCE_BYTES} bytes")
-        evidence = await supervisor.evidence(raw)
+        evidence = await collateral.attach(await supervisor.evidence(raw))
         return Response(content=evidence, media_type="application/json")
 
     # -- accounts -----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class Settings:
     attestation_ttl_seconds: float = 60.0
     tee: str = "simulated"
     enclave_command: tuple[str, ...] = ()
+    pccs_url: str | None = None
     ledger_url: str | None = None
     anchor: str = "none"
     anchor_interval_seconds: float = 60.0
