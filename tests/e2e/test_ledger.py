@@ -185,3 +185,28 @@ def test_tree_heads_are_anchored_on_the_embedded_chain(tmp_path, cancer):
         assert info.value.code == "ledger.anchor_mismatch"
         forbidden = httpx.post(server.url + "/v1/ledger/anchor", timeout=30)
         assert forbidden.status_code == 401
+
+
+def test_receipts_missing_from_the_log_are_logged_at_the_next_start(tmp_path, cancer):
+    """A crash between recording a job and logging its receipt loses nothing: the next start logs it."""
+    data = tmp_path / "data"
+    with platform_in_background(Settings(data_dir=data)) as server:
+        from e2e_support import start_parties
+
+        owner_client, model_id = start_parties(server.url, data, cancer)
+        with owner_client as client:
+            jobs = [client.predict(model_id, cancer.test.iloc[i : i + 2]).job_id for i in (0, 2, 4)]
+    # the platform stopped after recording the last two jobs but before logging their receipts
+    host = Host(data / "ledger.db")
+    host.rewrite(lambda rows: [row for row in rows if row[0] not in {jobs[1], jobs[2]}])
+    con = sqlite3.connect(data / "ledger.db")
+    try:
+        assert {row[0] for row in con.execute("SELECT entry_id FROM ledger_entries")} & set(jobs) == {jobs[0]}
+    finally:
+        con.close()
+    with platform_in_background(Settings(data_dir=data)) as server:
+        ledger = server.app.state.service.ledger
+        logged = ledger.log.store.existing_ids(jobs)
+        assert logged == set(jobs)
+        assert ledger.reconcile(server.app.state.service.catalog) == 0  # idempotent
+        ledger.log.store.verify_log()

@@ -347,6 +347,18 @@ class LedgerStore:
             row = conn.execute(select(entries_table).where(entries_table.c.entry_id == entry_id)).first()
         return None if row is None else self._row(row)
 
+    def existing_ids(self, entry_ids: Iterable[str], *, chunk: int = 500) -> set[str]:
+        """Return which of ``entry_ids`` are logged (a few queries, not one per id)."""
+        wanted = [entry_id for entry_id in entry_ids if isinstance(entry_id, str)]
+        found: set[str] = set()
+        with self._reading("looking up entry ids") as conn:
+            for start in range(0, len(wanted), chunk):
+                part = wanted[start : start + chunk]
+                found.update(
+                    conn.scalars(select(entries_table.c.entry_id).where(entries_table.c.entry_id.in_(part)))
+                )
+        return found
+
     def get_meta(self, key: str) -> str | None:
         """Return the metadata value stored under ``key`` (e.g. ``log_id``), or None."""
         with self._reading("reading ledger metadata") as conn:

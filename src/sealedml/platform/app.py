@@ -334,7 +334,7 @@ def create_app(
     ledger = PlatformLedger.open(
         settings.ledger_database_url, settings.ledger_key_path, anchor=settings.anchor
     )
-    ledger.reconcile(catalog.all_receipts())
+    ledger.reconcile(catalog)
     service = PlatformService(settings, catalog, BlobStore(settings.blob_dir), auth, supervisor, ledger)
     released = service.billing.release_stale_holds()
     if released:

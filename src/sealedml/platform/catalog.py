@@ -377,16 +377,28 @@ class Catalog:
         if conn.execute(update(table).where(key).values(rows=keep_max)).rowcount == 0:
             conn.execute(insert(table).values(model_id=model_id, client_id=client_id, rows=total))
 
-    def all_receipts(self) -> list[tuple[dict[str, Any], str]]:
-        """Return every finished job's (receipt, signature), oldest first (to reconcile the log)."""
+    def done_job_ids(self) -> list[str]:
+        """Return the ids of every finished job, oldest first (to reconcile the log)."""
         jobs = Job.__table__
         with self.db.engine.connect() as conn:
-            rows = conn.execute(
-                select(jobs.c.receipt, jobs.c.signature)
-                .where(jobs.c.status == "done")
-                .order_by(jobs.c.created_at, jobs.c.id)
+            return list(
+                conn.scalars(
+                    select(jobs.c.id).where(jobs.c.status == "done").order_by(jobs.c.created_at, jobs.c.id)
+                )
             )
-            return [(dict(row.receipt), row.signature) for row in rows]
+
+    def receipts_of(self, job_ids: list[str]) -> list[tuple[dict[str, Any], str]]:
+        """Return the (receipt, signature) of the given jobs, in the order given."""
+        jobs = Job.__table__
+        found: dict[str, tuple[dict[str, Any], str]] = {}
+        with self.db.engine.connect() as conn:
+            for start in range(0, len(job_ids), 500):
+                part = job_ids[start : start + 500]
+                for row in conn.execute(
+                    select(jobs.c.id, jobs.c.receipt, jobs.c.signature).where(jobs.c.id.in_(part))
+                ):
+                    found[row.id] = (dict(row.receipt), row.signature)
+        return [found[job_id] for job_id in job_ids if job_id in found]
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """Return the job with ``job_id``, or ``None``."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from sealedml.crypto.signing import SigningKey
 from sealedml.errors import ConfigError, LedgerError
 from sealedml.ledger.log import TransparencyLog
 from sealedml.ledger.sth import SignedTreeHead
+from sealedml.platform.catalog import Catalog
 
 __all__ = ["PlatformLedger", "load_or_create_log_key"]
 
@@ -102,17 +103,20 @@ class PlatformLedger:
             "inclusion": self.log.inclusion(index, sth.tree_size),
         }
 
-    def reconcile(self, receipts: Iterable[tuple[Mapping[str, Any], str]]) -> int:
-        """Append every receipt not yet logged (in the order given); return how many were added."""
-        added = 0
-        for receipt, signature in receipts:
-            job = str(receipt.get("job", ""))
-            if job and self.log.store.find_by_id(job) is None:
-                self.log.append_receipt(receipt, signature)
-                added += 1
-        if added:
-            log.warning("logged %d receipts that were missing from the transparency log", added)
-        return added
+    def reconcile(self, catalog: Catalog) -> int:
+        """Log every finished job whose receipt is missing from the log (oldest first).
+
+        Costs a few queries whatever the size (ids are compared in chunks); only the missing
+        receipts are read. Returns how many were added.
+        """
+        job_ids = catalog.done_job_ids()
+        logged = self.log.store.existing_ids(job_ids)
+        missing = [job_id for job_id in job_ids if job_id not in logged]
+        for receipt, signature in catalog.receipts_of(missing):
+            self.log.append_receipt(receipt, signature)
+        if missing:
+            log.warning("logged %d receipts that were missing from the transparency log", len(missing))
+        return len(missing)
 
     def sth(self) -> SignedTreeHead:
         """A freshly signed head of the whole log."""

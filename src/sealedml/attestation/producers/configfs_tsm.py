@@ -29,7 +29,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sealedml.errors import AttestationError, EnclaveError
+from sealedml.attestation.producers.device_files import malformed, read_bounded, unavailable
+from sealedml.errors import EnclaveError
 
 __all__ = [
     "ARK_GUID",
@@ -85,33 +86,12 @@ _TDX_V4_SIGNATURE_LEN_AT = 48 + 584
 _TDX_V5_BODY_AT = 54
 
 
-def _unavailable(message: str) -> EnclaveError:
-    return EnclaveError("enclave.platform_unavailable", message)
-
-
-def _malformed(message: str) -> AttestationError:
-    return AttestationError("attestation.malformed", message)
-
-
-def _read_bounded(path: Path, limit: int, what: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except FileNotFoundError:
-        raise _unavailable(f"{path} does not exist: the TSM provider does not offer {what}") from None
-    except OSError as exc:
-        raise _unavailable(f"reading {path} failed: {exc.strerror or type(exc).__name__}") from None
-    if len(data) > limit:
-        raise _malformed(f"{what} is larger than {limit} bytes")
-    return data
-
-
 def _read_text(path: Path, what: str) -> str:
-    raw = _read_bounded(path, _MAX_SMALL_ATTRIBUTE, what)
+    raw = read_bounded(path, _MAX_SMALL_ATTRIBUTE, what)
     try:
         return raw.decode("ascii").strip().strip("\x00")
     except UnicodeDecodeError:
-        raise _malformed(f"{what} is not ASCII text") from None
+        raise malformed(f"{what} is not ASCII text") from None
 
 
 @dataclass(frozen=True)
@@ -176,7 +156,7 @@ class ConfigfsTsm:
 
     def _open_entry(self) -> Path:
         if not self.root.is_dir():
-            raise _unavailable(
+            raise unavailable(
                 f"configfs-tsm report interface not found at {self.root}: it needs Linux 6.7+ with "
                 "CONFIG_TSM_REPORTS, configfs mounted on /sys/kernel/config, and the sev-guest or "
                 "tdx-guest driver loaded (in a paravisor CVM such as Azure's the guest has no such "
@@ -186,11 +166,11 @@ class ConfigfsTsm:
         try:
             self._create_entry(entry)
         except PermissionError:
-            raise _unavailable(
+            raise unavailable(
                 f"cannot create {entry}: run the enclave as root (or grant it the tree)"
             ) from None
         except OSError as exc:
-            raise _unavailable(f"cannot create {entry}: {exc.strerror or type(exc).__name__}") from None
+            raise unavailable(f"cannot create {entry}: {exc.strerror or type(exc).__name__}") from None
         return entry
 
     def provider(self) -> str:
@@ -208,7 +188,7 @@ class ConfigfsTsm:
     def _generation(self, entry: Path) -> int:
         text = _read_text(entry / "generation", "generation")
         if not text.isdigit():
-            raise _malformed(f"generation must be a decimal counter, got {text[:20]!r}")
+            raise malformed(f"generation must be a decimal counter, got {text[:20]!r}")
         return int(text)
 
     def report(self, inblob: bytes, *, provider: str) -> TsmReport:
@@ -225,7 +205,7 @@ class ConfigfsTsm:
         try:
             actual = _read_text(entry / "provider", "provider")
             if actual != provider:
-                raise _unavailable(
+                raise unavailable(
                     f"this guest's TSM provider is {actual!r}, not {provider!r}: "
                     "start the enclave with the --tee that matches the hardware"
                 )
@@ -239,20 +219,20 @@ class ConfigfsTsm:
                     self._write_attribute(entry / "inblob", inblob)
                     writes += 1
                 except FileNotFoundError as exc:
-                    raise _unavailable(
+                    raise unavailable(
                         f"{exc.filename} does not exist: the TSM provider does not offer that option"
                     ) from None
                 except OSError as exc:
-                    raise _unavailable(
+                    raise unavailable(
                         f"writing to {entry} failed: {exc.strerror or type(exc).__name__}"
                     ) from None
-                outblob = _read_bounded(entry / "outblob", MAX_OUTBLOB_SIZE, "outblob")
+                outblob = read_bounded(entry / "outblob", MAX_OUTBLOB_SIZE, "outblob")
                 aux_path = entry / "auxblob"
-                auxblob = _read_bounded(aux_path, MAX_AUXBLOB_SIZE, "auxblob") if aux_path.exists() else b""
+                auxblob = read_bounded(aux_path, MAX_AUXBLOB_SIZE, "auxblob") if aux_path.exists() else b""
                 after = self._generation(entry)
                 if after == before + writes:
                     if not outblob:
-                        raise _malformed("the TSM provider returned an empty outblob")
+                        raise malformed("the TSM provider returned an empty outblob")
                     return TsmReport(provider=actual, outblob=outblob, auxblob=auxblob, generation=after)
             raise EnclaveError(
                 "enclave.platform_busy",
@@ -273,10 +253,10 @@ def check_snp_report(report: bytes) -> bytes:
     Raises ``attestation.malformed`` otherwise. Nothing about its signature is checked.
     """
     if len(report) != SNP_REPORT_SIZE:
-        raise _malformed(f"an SEV-SNP report is {SNP_REPORT_SIZE} bytes, the provider returned {len(report)}")
+        raise malformed(f"an SEV-SNP report is {SNP_REPORT_SIZE} bytes, the provider returned {len(report)}")
     version = int.from_bytes(report[0:4], "little")
     if version < _SNP_MIN_VERSION:
-        raise _malformed(f"SEV-SNP report version {version} is not supported (2 or later)")
+        raise malformed(f"SEV-SNP report version {version} is not supported (2 or later)")
     return report
 
 
@@ -292,13 +272,13 @@ def snp_signing_key(report: bytes) -> str:
 def _der_length(blob: bytes) -> int:
     """Return the total length of the DER element at the start of ``blob`` (a SEQUENCE)."""
     if len(blob) < 2 or blob[0] != 0x30:
-        raise _malformed("a certificate in the SEV-SNP certificate table is not DER")
+        raise malformed("a certificate in the SEV-SNP certificate table is not DER")
     first = blob[1]
     if first < 0x80:
         return 2 + first
     count = first & 0x7F
     if not 1 <= count <= 3 or len(blob) < 2 + count:
-        raise _malformed("a certificate in the SEV-SNP certificate table has a bad DER length")
+        raise malformed("a certificate in the SEV-SNP certificate table has a bad DER length")
     return 2 + count + int.from_bytes(blob[2 : 2 + count], "big")
 
 
@@ -338,14 +318,14 @@ def parse_snp_cert_table(auxblob: bytes) -> SnpCertificates:
     16 KiB. A DER certificate followed by padding inside its entry is returned without the padding.
     """
     if len(auxblob) > MAX_AUXBLOB_SIZE:
-        raise _malformed(f"the SEV-SNP certificate table is larger than {MAX_AUXBLOB_SIZE} bytes")
+        raise malformed(f"the SEV-SNP certificate table is larger than {MAX_AUXBLOB_SIZE} bytes")
     if not auxblob:
         return SnpCertificates()
     entries: list[tuple[bytes, int, int]] = []
     offset = 0
     while True:
         if offset + _TABLE_ENTRY.size > len(auxblob):
-            raise _malformed("the SEV-SNP certificate table has no all-zero terminator entry")
+            raise malformed("the SEV-SNP certificate table has no all-zero terminator entry")
         guid, start, length = _TABLE_ENTRY.unpack_from(auxblob, offset)
         offset += _TABLE_ENTRY.size
         if guid == bytes(16) and start == 0 and length == 0:
@@ -356,12 +336,12 @@ def parse_snp_cert_table(auxblob: bytes) -> SnpCertificates:
     seen: set[bytes] = set()
     for guid, start, length in entries:
         if guid in seen:
-            raise _malformed(f"the SEV-SNP certificate table lists {uuid.UUID(bytes=guid)} twice")
+            raise malformed(f"the SEV-SNP certificate table lists {uuid.UUID(bytes=guid)} twice")
         seen.add(guid)
         if length == 0:
             continue
         if start < table_end or start + length > len(auxblob):
-            raise _malformed(
+            raise malformed(
                 f"the SEV-SNP certificate table entry {uuid.UUID(bytes=guid)} points outside the "
                 f"certificate area (offset {start}, length {length}, blob {len(auxblob)} bytes)"
             )
@@ -371,9 +351,9 @@ def parse_snp_cert_table(auxblob: bytes) -> SnpCertificates:
         blob = auxblob[start : start + length]
         size = _der_length(blob)
         if size > length:
-            raise _malformed(f"the {slot.upper()} certificate is truncated in the SEV-SNP certificate table")
+            raise malformed(f"the {slot.upper()} certificate is truncated in the SEV-SNP certificate table")
         if size > MAX_CERTIFICATE_SIZE:
-            raise _malformed(f"the {slot.upper()} certificate is larger than {MAX_CERTIFICATE_SIZE} bytes")
+            raise malformed(f"the {slot.upper()} certificate is larger than {MAX_CERTIFICATE_SIZE} bytes")
         found[slot] = blob[:size]
     return SnpCertificates(**found)
 
@@ -389,24 +369,24 @@ def check_tdx_quote(quote: bytes) -> bytes:
     not checked here.
     """
     if len(quote) < _QUOTE_HEADER.size:
-        raise _malformed(f"the TDX quote is truncated ({len(quote)} bytes)")
+        raise malformed(f"the TDX quote is truncated ({len(quote)} bytes)")
     version, key_type, tee_type = _QUOTE_HEADER.unpack_from(quote)
     if version not in (4, 5) or tee_type != _TDX_TEE_TYPE or key_type != _ECDSA_P256:
-        raise _malformed(
+        raise malformed(
             f"not a TDX ECDSA quote (version {version}, key type {key_type}, TEE type {tee_type:#x})"
         )
     if version == 4:
         length_at = _TDX_V4_SIGNATURE_LEN_AT
     else:
         if len(quote) < _TDX_V5_BODY_AT:
-            raise _malformed(f"the TDX v5 quote is truncated ({len(quote)} bytes)")
+            raise malformed(f"the TDX v5 quote is truncated ({len(quote)} bytes)")
         body_size = int.from_bytes(quote[50:54], "little")
         length_at = _TDX_V5_BODY_AT + body_size
     if len(quote) < length_at + 4:
-        raise _malformed(f"the TDX quote is truncated ({len(quote)} bytes, body ends at {length_at})")
+        raise malformed(f"the TDX quote is truncated ({len(quote)} bytes, body ends at {length_at})")
     signature_length = int.from_bytes(quote[length_at : length_at + 4], "little")
     if length_at + 4 + signature_length > len(quote):
-        raise _malformed(
+        raise malformed(
             f"the TDX quote is truncated: its signature data needs {signature_length} bytes "
             f"after offset {length_at + 4}, only {len(quote) - length_at - 4} are present"
         )

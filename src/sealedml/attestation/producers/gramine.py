@@ -39,7 +39,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sealedml.attestation.measurement import RUNTIME_DISTRIBUTIONS, tcb_files
-from sealedml.errors import AttestationError, ConfigError, EnclaveError
+from sealedml.attestation.producers.device_files import malformed, read_bounded, unavailable
+from sealedml.errors import ConfigError
 
 __all__ = [
     "ATTESTATION_ROOT",
@@ -71,14 +72,6 @@ _QUOTE_HEADER = struct.Struct("<HHI")
 _SGX_SIGNATURE_LEN_AT = 48 + 384
 
 
-def _unavailable(message: str) -> EnclaveError:
-    return EnclaveError("enclave.platform_unavailable", message)
-
-
-def _malformed(message: str) -> AttestationError:
-    return AttestationError("attestation.malformed", message)
-
-
 def check_sgx_quote(quote: bytes) -> bytes:
     """Return ``quote`` if it has the shape of an SGX DCAP quote (v3/v4, ECDSA P-256, TEE type 0).
 
@@ -87,15 +80,15 @@ def check_sgx_quote(quote: bytes) -> bytes:
     signature is checked here.
     """
     if len(quote) < _SGX_SIGNATURE_LEN_AT + 4:
-        raise _malformed(f"the SGX quote is truncated ({len(quote)} bytes)")
+        raise malformed(f"the SGX quote is truncated ({len(quote)} bytes)")
     version, key_type, tee_type = _QUOTE_HEADER.unpack_from(quote)
     if version not in (3, 4) or key_type != _ECDSA_P256 or tee_type != _SGX_TEE_TYPE:
-        raise _malformed(
+        raise malformed(
             f"not an SGX ECDSA quote (version {version}, key type {key_type}, TEE type {tee_type:#x})"
         )
     signature_length = int.from_bytes(quote[_SGX_SIGNATURE_LEN_AT : _SGX_SIGNATURE_LEN_AT + 4], "little")
     if _SGX_SIGNATURE_LEN_AT + 4 + signature_length > len(quote):
-        raise _malformed(
+        raise malformed(
             f"the SGX quote is truncated: its signature data needs {signature_length} bytes, "
             f"only {len(quote) - _SGX_SIGNATURE_LEN_AT - 4} are present"
         )
@@ -124,13 +117,15 @@ class GramineAttestation:
         root = Path(root)
         type_path = root / "attestation_type"
         if not type_path.is_file():
-            raise _unavailable(
+            raise unavailable(
                 f"{type_path} does not exist: this process is not running inside Gramine-SGX with "
                 'sgx.remote_attestation = "dcap" in its manifest'
             )
-        kind = _read(type_path, 64, "attestation_type").decode("ascii", "replace").strip().strip("\x00")
+        kind = (
+            read_bounded(type_path, 64, "attestation_type").decode("ascii", "replace").strip().strip("\x00")
+        )
         if kind != "dcap":
-            raise _unavailable(
+            raise unavailable(
                 f'Gramine reports attestation type {kind!r}, not "dcap": set sgx.remote_attestation = '
                 '"dcap" in the manifest and install the DCAP quote provider library (QPL)'
             )
@@ -155,17 +150,19 @@ class GramineAttestation:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                raise _unavailable(f"writing {target} failed: {exc.strerror or type(exc).__name__}") from None
+                raise unavailable(f"writing {target} failed: {exc.strerror or type(exc).__name__}") from None
             if written != REPORT_DATA_SIZE:
-                raise _unavailable(f"{target} accepted {written} of {REPORT_DATA_SIZE} bytes")
-            quote = _read(self.root / "quote", MAX_QUOTE_SIZE, "quote")
+                raise unavailable(f"{target} accepted {written} of {REPORT_DATA_SIZE} bytes")
+            quote = read_bounded(self.root / "quote", MAX_QUOTE_SIZE, "quote")
         return check_sgx_quote(quote)
 
     def sealing_key(self) -> bytes:
         """Return the raw 16-byte ``_sgx_mrenclave`` key (bound to MRENCLAVE and this CPU)."""
-        key = _read(self.root / "keys" / SEALING_KEY_NAME, SEALING_KEY_SIZE, "the MRENCLAVE sealing key")
+        key = read_bounded(
+            self.root / "keys" / SEALING_KEY_NAME, SEALING_KEY_SIZE, "the MRENCLAVE sealing key"
+        )
         if len(key) != SEALING_KEY_SIZE:
-            raise _malformed(f"the MRENCLAVE sealing key must be {SEALING_KEY_SIZE} bytes, got {len(key)}")
+            raise malformed(f"the MRENCLAVE sealing key must be {SEALING_KEY_SIZE} bytes, got {len(key)}")
         return key
 
     def sealing_secret(self) -> bytes:
@@ -177,19 +174,6 @@ class GramineAttestation:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SEALING_SALT, info=_SEALING_INFO).derive(
             self.sealing_key()
         )
-
-
-def _read(path: Path, limit: int, what: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except FileNotFoundError:
-        raise _unavailable(f"{path} does not exist ({what})") from None
-    except OSError as exc:
-        raise _unavailable(f"reading {path} failed: {exc.strerror or type(exc).__name__}") from None
-    if len(data) > limit:
-        raise _malformed(f"{what} is larger than {limit} bytes")
-    return data
 
 
 # -- SIGSTRUCT --------------------------------------------------------------------------------------------
@@ -243,17 +227,17 @@ def read_sigstruct(sig: bytes) -> Sigstruct:
     """
     if not isinstance(sig, bytes) or len(sig) != SIGSTRUCT_SIZE:
         size = len(sig) if isinstance(sig, bytes) else type(sig).__name__
-        raise _malformed(
+        raise malformed(
             f"a SIGSTRUCT is {SIGSTRUCT_SIZE} bytes, got {size}: pass the .sig file gramine-sgx-sign wrote"
         )
     if sig[0:16] != _SIGSTRUCT_HEADER1 or sig[_HEADER2_AT : _HEADER2_AT + 16] != _SIGSTRUCT_HEADER2:
-        raise _malformed("the SIGSTRUCT header constants are wrong: this is not a SIGSTRUCT")
+        raise malformed("the SIGSTRUCT header constants are wrong: this is not a SIGSTRUCT")
     vendor = int.from_bytes(sig[_VENDOR_AT : _VENDOR_AT + 4], "little")
     if vendor not in _SIGSTRUCT_VENDORS:
-        raise _malformed(f"SIGSTRUCT vendor {vendor:#x} is neither 0 nor 0x8086")
+        raise malformed(f"SIGSTRUCT vendor {vendor:#x} is neither 0 nor 0x8086")
     exponent = int.from_bytes(sig[_EXPONENT_AT : _EXPONENT_AT + 4], "little")
     if exponent != _SIGSTRUCT_EXPONENT:
-        raise _malformed(f"SIGSTRUCT RSA exponent is {exponent}; SGX requires 3")
+        raise malformed(f"SIGSTRUCT RSA exponent is {exponent}; SGX requires 3")
     date_bcd = sig[_DATE_AT : _DATE_AT + 4][::-1].hex()
     attributes = int.from_bytes(sig[_ATTRIBUTES_AT : _ATTRIBUTES_AT + 8], "little")
     return Sigstruct(
