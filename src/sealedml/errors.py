@@ -140,6 +140,20 @@ class ConfigError(SealedMLError):
     prefix = "config"
 
 
+class HEError(SealedMLError):
+    """A homomorphic-encryption context, ciphertext or model was refused (encrypted-ML mode)."""
+
+    prefix = "he"
+    default_status = 400
+
+
+class ClusterError(SealedMLError):
+    """A distributed enclave worker could not be started, attested, joined or reached."""
+
+    prefix = "cluster"
+    default_status = 503
+
+
 STATUS_BY_CODE: dict[str, int] = {
     "crypto.auth_failed": 400,
     "crypto.malformed": 400,
@@ -336,6 +350,8 @@ _CLASS_BY_PREFIX: dict[str, type[SealedMLError]] = {
         ConfigError,
         BillingError,
         LedgerError,
+        HEError,
+        ClusterError,
     )
 }
 

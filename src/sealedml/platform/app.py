@@ -311,11 +311,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(
     settings: Settings,
-    enclave: "EnclaveClient",
+    enclave: "EnclaveClient | None",
     *,
     relauncher: Relauncher | None = None,
     appraisal_policy: "AppraisalPolicy | None" = None,
     training_settings: "TrainingSettings | None" = None,
+    supervisor: EnclaveSupervisor | None = None,
 ) -> FastAPI:
     """Build the platform API over ``settings`` and a running enclave client.
 
@@ -324,12 +325,17 @@ def create_app(
     (mode 0600). The database is disposed on shutdown. The enclave client is not closed by the
     app; with a ``relauncher`` a dead enclave is replaced by a new one (see
     :class:`EnclaveSupervisor`), and the owner then closes ``app.state.service.enclave.client``.
+    A ready-made ``supervisor`` (e.g. a pool of enclave workers on Ray with the same interface)
+    replaces ``enclave``; its owner closes it.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
     auth = Authenticator(db)
     ensure_admin(auth, db, settings.admin_token_path)
-    supervisor = EnclaveSupervisor(enclave, hello_ttl=settings.hello_ttl_seconds, relauncher=relauncher)
+    if supervisor is None:
+        if enclave is None:
+            raise ValueError("create_app needs an enclave client or a supervisor")
+        supervisor = EnclaveSupervisor(enclave, hello_ttl=settings.hello_ttl_seconds, relauncher=relauncher)
     catalog = Catalog(db)
     ledger = PlatformLedger.open(
         settings.ledger_database_url, settings.ledger_key_path, anchor=settings.anchor
