@@ -64,6 +64,13 @@ class Role(enum.StrEnum):
     admin = "admin"
 
 
+class ServingMode(enum.StrEnum):
+    """Where a model runs: in the attested enclave, or on the client's CKKS ciphertexts."""
+
+    tee = "tee"
+    he = "he"
+
+
 class OutputMode(enum.StrEnum):
     """What a model releases to its clients."""
 
@@ -455,8 +462,18 @@ def account_create(
 
 @model_app.command("publish")
 def model_publish(
-    model_file: Annotated[Path, typer.Argument(help="MODEL.onnx, or a pickled scikit-learn estimator.")],
+    model_file: Annotated[
+        Path,
+        typer.Argument(help="MODEL.onnx, a pickled scikit-learn estimator, or (--mode he) a .he.json model."),
+    ],
     name: Annotated[str | None, typer.Option(help="Catalog name (default: file stem).")] = None,
+    mode: Annotated[
+        ServingMode,
+        typer.Option(
+            help="tee: encrypted model run in the enclave; he: weights evaluated on CKKS ciphertexts."
+        ),
+    ] = ServingMode.tee,
+    price_per_row: Annotated[int, typer.Option(help="Credits per predicted row.")] = 0,
     description: Annotated[str, typer.Option()] = "",
     columns: Annotated[str | None, typer.Option(help="Comma-separated input column names.")] = None,
     columns_from: Annotated[
@@ -477,7 +494,11 @@ def model_publish(
     policy: PolicyOpt = DEFAULT_POLICY,
     as_json: JsonOpt = False,
 ) -> None:
-    """Encrypt a model locally, upload the ciphertext, and release its key to the attested enclave."""
+    """Encrypt a model locally, upload the ciphertext, and release its key to the attested enclave.
+
+    With --mode he the platform instead holds the weights in clear and computes on the clients'
+    encrypted inputs (no enclave, no attestation).
+    """
     from sealedml.client import prepare_model_file
 
     def action() -> None:
@@ -489,6 +510,22 @@ def model_publish(
 
             header = list(pd.read_csv(columns_from, nrows=0).columns)
             names = [c for c in header if c != label_column]
+        if mode is ServingMode.he:
+            from sealedml.cli_he import publish_he
+
+            stem = model_file.name.removesuffix(".json").removesuffix(".he")
+            publish_he(
+                model_file,
+                name=name or Path(stem).stem,
+                columns=names,
+                description=description,
+                price_per_row=price_per_row,
+                query_budget=query_budget,
+                url=url,
+                token=token,
+                as_json=as_json,
+            )
+            return
         prepared = prepare_model_file(model_file, names)
         with _client(url, token, policy) as client:
             attestation = client.attest()
@@ -499,6 +536,7 @@ def model_publish(
                 description=description,
                 output_policy={"mode": output_policy.value, "decimals": decimals},
                 query_budget=query_budget,
+                price_per_row=price_per_row,
             )
         key_dir = _keys_dir()
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -571,16 +609,35 @@ def predict(
         Path | None, typer.Option("--output", "-o", help="Write predictions here (.csv or .json).")
     ] = None,
     receipts: Annotated[Path | None, typer.Option(help="Folder to save verified receipts in.")] = None,
-    batch_rows: Annotated[int, typer.Option(help="Rows per sealed request.")] = 10_000,
+    batch_rows: Annotated[
+        int | None, typer.Option(help="Rows per request (default: 10000; --mode he: one ciphertext's slots).")
+    ] = None,
+    mode: Annotated[
+        ServingMode,
+        typer.Option(help="tee: sealed to the attested enclave; he: CKKS-encrypted with your local HE keys."),
+    ] = ServingMode.tee,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     policy: PolicyOpt = DEFAULT_POLICY,
 ) -> None:
-    """Predict on a file: rows are encrypted to the attested enclave, results only you can read."""
+    """Predict on a file: rows are encrypted to the attested enclave, results only you can read.
+
+    With --mode he rows are encrypted under your own CKKS keys (kept in the keys dir) and the
+    platform computes on the ciphertexts; only you can decrypt the scores.
+    """
     import numpy as np
 
     from sealedml.client import write_predictions
     from sealedml.client._data import count_rows, prediction_records
+
+    if mode is ServingMode.he:
+        from sealedml.cli_he import predict_he
+
+        _run(
+            lambda: predict_he(data, model=model, output=output, batch_rows=batch_rows, url=url, token=token)
+        )
+        return
+    batch_rows = 10_000 if batch_rows is None else batch_rows
 
     def action() -> None:
         if batch_rows <= 0:
@@ -693,7 +750,18 @@ def demo_heart(
     _run(lambda: run_heart_demo(err, data_dir, epsilon=epsilon))
 
 
+@demo_app.command("he")
+def demo_he(
+    data_dir: Annotated[Path | None, typer.Option(help="Keep the demo's server state here.")] = None,
+) -> None:
+    """Encrypted-ML mode end to end: models evaluated on ciphertexts, and encrypted training."""
+    from sealedml.demo_he import run_he_demo
+
+    _run(lambda: run_he_demo(err, data_dir))
+
+
 def _register_subcommands() -> None:
+    from sealedml.cli_he import register as register_he
     from sealedml.cli_ledger import ledger_app
     from sealedml.cli_market import market_app
     from sealedml.cli_training import register as register_training
@@ -701,6 +769,7 @@ def _register_subcommands() -> None:
     app.add_typer(market_app, name="market")
     app.add_typer(ledger_app, name="ledger")
     register_training(app, model_app)
+    register_he(app)
 
 
 _register_subcommands()

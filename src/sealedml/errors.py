@@ -214,6 +214,27 @@ STATUS_BY_CODE: dict[str, int] = {
     "model.export_mismatch": 422,
     "enclave.busy": 503,
     "not_found.dataset": 404,
+    "he.context_invalid": 400,
+    "he.context_has_secret_key": 400,
+    "he.params_unsupported": 422,
+    "he.context_mismatch": 400,
+    "he.context_unknown": 404,
+    "he.ciphertext_invalid": 400,
+    "he.shape_mismatch": 422,
+    "he.model_invalid": 422,
+    "he.model_unsupported": 422,
+    "he.depth_exceeded": 422,
+    "he.wire_malformed": 400,
+    # data-parallel training on an enclave cluster
+    "input.parallel_unsupported": 400,
+    "request.ptrain_unknown": 409,
+    "request.round_mismatch": 409,
+    "request.update_foreign": 400,
+    "request.shard_duplicated": 409,
+    "request.shards_incomplete": 409,
+    "request.task_mismatch": 400,
+    "request.shard_not_loaded": 409,
+    "cluster.coordinator_lost": 503,
 }
 
 HINTS: dict[str, str] = {
@@ -332,6 +353,46 @@ HINTS: dict[str, str] = {
     "model.export_mismatch": "the exported ONNX model disagrees with the trained one: try another algorithm",
     "enclave.busy": "the enclave holds too many pending approvals: retry later",
     "not_found.dataset": "list your datasets with `sealedml dataset list`; other owners' datasets are hidden",
+    "input.parallel_unsupported": (
+        "only non-DP logistic_regression (with intercept) and mlp train data-parallel: submit it as a "
+        "single-enclave job"
+    ),
+    "request.ptrain_unknown": (
+        "the coordinator no longer runs this parallel job (finished, aborted, expired or restarted): "
+        "submit the job again"
+    ),
+    "request.round_mismatch": "send the weights and updates of the round the job is at",
+    "request.update_foreign": (
+        "an update, task or weights belong to another job or shard: route each job's messages only to it"
+    ),
+    "request.shard_duplicated": "send each shard's update exactly once per round",
+    "request.shards_incomplete": "every shard's update of the round is needed: redo the missing shards",
+    "request.task_mismatch": "route each task with its own shard index",
+    "request.shard_not_loaded": (
+        "hand this worker the dataset blobs with the round (its first round, or after eviction)"
+    ),
+    "cluster.coordinator_lost": (
+        "the coordinator enclave was lost mid-job: deliver the approvals to the new coordinator and "
+        "submit the job again"
+    ),
+    "he.context_invalid": "send the public context the SDK serializes (HEKeys.public_context())",
+    "he.context_has_secret_key": (
+        "never upload a context holding the secret key: send HEKeys.public_context() (nothing was stored)"
+    ),
+    "he.params_unsupported": "generate keys from a preset (`sealedml he keys generate PRESET`)",
+    "he.context_mismatch": (
+        "encrypt with the keys whose public context you name (?context=FINGERPRINT), and decrypt the "
+        "answer with the same keys"
+    ),
+    "he.context_unknown": "upload your public context first (PUT /v1/he/context; the SDK does it once)",
+    "he.ciphertext_invalid": "the ciphertext was altered or corrupted in transit: encrypt and send it again",
+    "he.shape_mismatch": "encrypt exactly the model's input columns, with the row count the header declares",
+    "he.model_invalid": "export the model with HEModel.to_json() (or publish the scikit-learn estimator)",
+    "he.model_unsupported": (
+        "encrypted-ML mode evaluates linear and logistic models and PolyMLPClassifier networks"
+    ),
+    "he.depth_exceeded": "use the preset the model names (ModelOut.preset): its modulus chain is long enough",
+    "he.wire_malformed": "send messages framed by sealedml.he.wire.encode_message (the SDK does)",
 }
 
 _CLASS_BY_PREFIX: dict[str, type[SealedMLError]] = {

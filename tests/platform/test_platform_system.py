@@ -138,6 +138,15 @@ def test_openapi_documents_the_api(env) -> None:
         "/v1/jobs/{job_id}/request": {"put"},
         "/v1/jobs/{job_id}/cancel": {"post"},
         "/v1/jobs/{job_id}/model": {"get"},
+        "/v1/he/context": {"put"},
+        "/v1/he/contexts": {"get"},
+        "/v1/he/contexts/{fingerprint}": {"get"},
+        "/v1/models/{model_id}/he-model": {"put"},
+        "/v1/models/{model_id}/he": {"get"},
+        "/v1/models/{model_id}/he/predict": {"post"},
+        "/v1/he/datasets": {"get", "put"},
+        "/v1/he/datasets/{dataset_id}": {"delete"},
+        "/v1/he/datasets/{dataset_id}/gradient": {"post"},
     }
     assert {path: set(ops) for path, ops in spec["paths"].items()} == expected
     predict = spec["paths"]["/v1/models/{model_id}/predict"]["post"]

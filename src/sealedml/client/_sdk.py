@@ -28,6 +28,7 @@ from sealedml.attestation.evidence.bundle import EvidenceBundle
 from sealedml.attestation.policy import AppraisalPolicy
 from sealedml.attestation.verifier import verify_evidence
 from sealedml.client._data import iter_table, select_features
+from sealedml.client._he import HEAPI
 from sealedml.client._ledger import LedgerWatcher
 from sealedml.client._market import MarketAPI
 from sealedml.client._models import PreparedModel
@@ -134,6 +135,7 @@ class SealedMLClient:
         self.verify_ledger = verify_ledger
         self.ledger = LedgerWatcher(self._json, public_key=log_public_key, state_path=ledger_state)
         self._training: TrainingAPI | None = None
+        self._he: HEAPI | None = None
 
     @property
     def market(self) -> MarketAPI:
@@ -146,6 +148,13 @@ class SealedMLClient:
         if self._training is None:
             self._training = TrainingAPI(self)
         return self._training
+
+    @property
+    def he(self) -> HEAPI:
+        """Encrypted-ML mode (CKKS): public contexts, HE models, encrypted predictions and training."""
+        if self._he is None:
+            self._he = HEAPI(self)
+        return self._he
 
     def __enter__(self) -> SealedMLClient:
         return self

@@ -81,6 +81,11 @@ TAGS: list[dict[str, Any]] = [
     },
     {"name": "ledger", "description": "The transparency log of receipts: tree heads, proofs, chain anchors."},
     {"name": "market", "description": "Listings of models, datasets and TEE resources; the usage report."},
+    {
+        "name": "he",
+        "description": "Encrypted-ML mode without a TEE: CKKS public contexts, HE models, predictions and "
+        "encrypted training steps computed on the client's ciphertexts.",
+    },
 ]
 
 OCTET_BODY: dict[str, Any] = {
@@ -123,6 +128,8 @@ def model_out(model: ModelRecord) -> ModelOut:
         version=model.version,
         price_per_row=model.price_per_row,
         allowed_measurements=list(model.allowed_measurements),
+        mode=model.mode,  # type: ignore[arg-type]
+        preset=model.he_preset,
     )
 
 
@@ -414,6 +421,10 @@ def create_app(
 
     install_training_routes(app, training, principal, auth_errors, settings.max_request_bytes)
 
+    from sealedml.platform.he_api import install_he_routes
+
+    install_he_routes(app, service, principal, auth_errors)
+
     # -- system -------------------------------------------------------------------------------
     @app.get("/healthz", tags=["system"], response_model=Health)
     async def healthz() -> Health:
@@ -505,6 +516,7 @@ def create_app(
             version=body.version,
             price_per_row=body.price_per_row,
             allowed_measurements=tuple(body.allowed_measurements),
+            mode=body.mode,
         )
         return model_out(model)
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, case, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from sealedml.errors import InputError, RequestError
+from sealedml.errors import InputError, ModelError, RequestError
 from sealedml.platform.db import Database, Job, JobDataset, Model, ModelUsage, new_id, utcnow
 from sealedml.platform.storage import StoredBlob
 
@@ -45,6 +45,9 @@ class ModelRecord:
     version: str = "1"
     price_per_row: int = 0
     allowed_measurements: tuple[str, ...] = ()
+    mode: str = "tee"
+    he_preset: str | None = None
+    he_query_budget: int | None = None
 
     @classmethod
     def of(cls, row: Model) -> ModelRecord:
@@ -67,6 +70,9 @@ class ModelRecord:
             version=row.version,
             price_per_row=int(row.price_per_row),
             allowed_measurements=tuple(row.allowed_measurements or ()),
+            mode=row.mode or "tee",
+            he_preset=row.he_preset,
+            he_query_budget=None if row.he_query_budget is None else int(row.he_query_budget),
         )
 
     def visible_to(self, account_id: str) -> bool:
@@ -152,12 +158,16 @@ class Catalog:
         price_per_row: int = 0,
         allowed_measurements: tuple[str, ...] = (),
         model_id: str | None = None,
+        mode: str = "tee",
     ) -> ModelRecord:
         """Insert a model in status ``created``; raises ``input.conflict`` if the name is taken.
 
         ``model_id`` reserves a given id (a training job names its model before it exists);
-        ``input.conflict`` too if that id is taken.
+        ``input.conflict`` too if that id is taken. ``mode`` is ``tee`` (encrypted ONNX for the
+        enclave) or ``he`` (weights for encrypted-ML mode, uploaded with :meth:`set_he_model`).
         """
+        if mode not in ("tee", "he"):
+            raise InputError("input.malformed", f"mode must be 'tee' or 'he', got {mode!r}")
         try:
             with self.db.session() as session:
                 if session.scalar(select(Model.id).where(Model.name == name)) is not None:
@@ -175,6 +185,7 @@ class Catalog:
                     version=version,
                     price_per_row=price_per_row,
                     allowed_measurements=list(allowed_measurements),
+                    mode=mode,
                 )
                 session.add(row)
                 session.flush()
@@ -222,12 +233,19 @@ class Catalog:
         """Point the model at a newly stored blob, status ``uploaded``, sealed key cleared.
 
         Returns the updated record and the previous blob path (for the caller to delete), or
-        ``None`` if the model no longer exists for this owner.
+        ``None`` if the model no longer exists for this owner. An encrypted-ML (``he``) model never
+        takes an enclave blob: ``request.invalid``, nothing changes.
         """
         with self.db.session() as session:
             row = session.get(Model, model_id)
             if row is None or row.owner_id != owner_id:
                 return None
+            if row.mode == "he":
+                raise RequestError(
+                    "request.invalid",
+                    "this is an encrypted-ML (HE) model: upload its weights with "
+                    "PUT /v1/models/{id}/he-model",
+                )
             old = row.blob_path
             row.blob_path, row.blob_sha256, row.blob_size = blob.path, blob.sha256, blob.size
             row.status = "uploaded"
@@ -250,7 +268,7 @@ class Catalog:
         with self.db.session() as session:
             result = session.execute(
                 update(Model)
-                .where(Model.id == model_id, Model.blob_sha256 == expected_blob_sha256)
+                .where(Model.id == model_id, Model.blob_sha256 == expected_blob_sha256, Model.mode == "tee")
                 .values(
                     sealed_key=sealed_key,
                     model_sha256=model_sha256,
@@ -265,6 +283,110 @@ class Catalog:
             assert row is not None
             session.refresh(row)
             return ModelRecord.of(row)
+
+    def set_he_model(
+        self,
+        model_id: str,
+        owner_id: str,
+        *,
+        model_json: str,
+        model_sha256: str,
+        preset: str,
+        query_budget: int | None,
+    ) -> ModelRecord | None:
+        """Store an encrypted-ML model's weights (``HEModel`` JSON) and mark it ``ready``, mode ``he``.
+
+        A model registered as ``tee`` may become ``he`` only while no enclave blob was uploaded
+        (status ``created``); otherwise ``request.invalid`` and nothing changes. Returns ``None`` if
+        the model does not exist for this owner. ``model_sha256`` is the digest of the JSON.
+        """
+        with self.db.session() as session:
+            row = session.get(Model, model_id)
+            if row is None or row.owner_id != owner_id:
+                return None
+            if row.mode != "he" and (row.status != "created" or row.blob_path is not None):
+                raise RequestError(
+                    "request.invalid",
+                    "this model already holds an encrypted ONNX blob for the enclave (mode tee); "
+                    "register a new model for encrypted-ML mode",
+                )
+            row.mode = "he"
+            row.he_model = model_json
+            row.he_preset = preset
+            row.he_query_budget = query_budget
+            row.model_sha256 = model_sha256
+            row.blob_path = row.blob_sha256 = row.blob_size = None
+            row.sealed_key = row.measurement = None
+            row.status = "ready"
+            session.flush()
+            return ModelRecord.of(row)
+
+    def get_he_model(self, model_id: str) -> tuple[ModelRecord, str] | None:
+        """Return an ``he`` model and its weights JSON, or ``None`` if it has none (or no such model)."""
+        with self.db.session() as session:
+            row = session.get(Model, model_id)
+            if row is None or row.mode != "he" or row.he_model is None:
+                return None
+            return ModelRecord.of(row), row.he_model
+
+    def usage_of(self, model_id: str, client_id: str) -> int:
+        """Rows ``client_id`` has run through ``model_id`` so far (0 if none)."""
+        table = ModelUsage.__table__
+        with self.db.engine.connect() as conn:
+            value = conn.scalar(
+                select(table.c.rows).where((table.c.model_id == model_id) & (table.c.client_id == client_id))
+            )
+        return int(value or 0)
+
+    def record_he_job(
+        self,
+        *,
+        job_id: str,
+        owner_id: str,
+        model_id: str,
+        rows: int,
+        receipt: dict[str, Any],
+        result_path: str,
+        query_budget: int | None,
+        in_transaction: Callable[[Connection], None] | None = None,
+    ) -> JobRecord:
+        """Record a finished encrypted-ML prediction (kind ``he-predict``) and add its rows to the
+        client's usage, in one transaction (``in_transaction`` settles the charge there too).
+
+        The host counts the rows itself (there is no enclave in this mode). With a ``query_budget``
+        the usage may not pass it: ``model.budget_exhausted`` and nothing is recorded.
+        """
+        job = JobRecord(
+            id=job_id,
+            owner_id=owner_id,
+            model_id=model_id,
+            request_id=f"he-{job_id}",
+            status="done",
+            rows=rows,
+            receipt=receipt,
+            signature="",
+            result_path=result_path,
+            created_at=utcnow(),
+            kind="he-predict",
+        )
+        table = ModelUsage.__table__
+        key = (table.c.model_id == model_id) & (table.c.client_id == owner_id)
+        with self.db.begin() as conn:
+            used = conn.scalar(select(table.c.rows).where(key))
+            total = int(used or 0) + rows
+            if query_budget is not None and total > query_budget:
+                raise ModelError(
+                    "model.budget_exhausted",
+                    f"this model allows {query_budget} rows per client; {int(used or 0)} were used",
+                )
+            if used is None:
+                conn.execute(insert(table).values(model_id=model_id, client_id=owner_id, rows=total))
+            else:
+                conn.execute(update(table).where(key).values(rows=total))
+            conn.execute(insert(Job.__table__).values(**asdict(job)))
+            if in_transaction is not None:
+                in_transaction(conn)
+        return job
 
     def delete_model(self, model_id: str) -> ModelRecord | None:
         """Delete a model and its usage counters; return what was deleted (jobs are kept)."""
@@ -301,11 +423,17 @@ class Catalog:
                     models.c.blob_path,
                     models.c.sealed_key,
                     models.c.price_per_row,
+                    models.c.mode,
                     seen,
                 ).where(models.c.id == model_id)
             ).one_or_none()
             if row is None:
                 return None, bool(conn.execute(select(seen)).scalar())
+        if row.mode == "he":
+            raise RequestError(
+                "request.invalid",
+                "this is an encrypted-ML (HE) model: predict with POST /v1/models/{id}/he/predict",
+            )
         target = PredictTarget(
             id=row.id,
             owner_id=row.owner_id,
@@ -378,12 +506,15 @@ class Catalog:
             conn.execute(insert(table).values(model_id=model_id, client_id=client_id, rows=total))
 
     def done_job_ids(self) -> list[str]:
-        """Return the ids of every finished job, oldest first (to reconcile the log)."""
+        """Return the ids of every finished job with an enclave receipt, oldest first (to reconcile
+        the log); encrypted-ML jobs have no receipt to log."""
         jobs = Job.__table__
         with self.db.engine.connect() as conn:
             return list(
                 conn.scalars(
-                    select(jobs.c.id).where(jobs.c.status == "done").order_by(jobs.c.created_at, jobs.c.id)
+                    select(jobs.c.id)
+                    .where((jobs.c.status == "done") & (jobs.c.kind != "he-predict"))
+                    .order_by(jobs.c.created_at, jobs.c.id)
                 )
             )
 

@@ -30,8 +30,10 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     inspect,
@@ -44,7 +46,10 @@ log = logging.getLogger(__name__)
 
 ROLES = ("admin", "provider", "data_owner")
 MODEL_STATUSES = ("created", "uploaded", "ready")
-JOB_KINDS = ("predict", "train")
+JOB_KINDS = ("predict", "train", "he-predict")
+MODEL_MODES = ("tee", "he")
+"""``tee``: encrypted ONNX run inside the attested enclave; ``he``: weights the host evaluates on the
+client's CKKS ciphertexts (encrypted-ML mode, :mod:`sealedml.platform.he_service`)."""
 JOB_STATUSES = ("awaiting_approval", "queued", "running", "done", "failed", "cancelled")
 """Predictions are recorded ``done``; training jobs move awaiting_approval → queued → running →
 done or failed (or cancelled by their submitter before they run)."""
@@ -97,6 +102,7 @@ class Model(Base):
     __table_args__ = (
         CheckConstraint(_in("status", MODEL_STATUSES), name="ck_models_status"),
         CheckConstraint("price_per_row >= 0", name="ck_models_price"),
+        CheckConstraint(_in("mode", MODEL_MODES), name="ck_models_mode"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -115,6 +121,49 @@ class Model(Base):
     version: Mapped[str] = mapped_column(String(32), default="1")
     price_per_row: Mapped[int] = mapped_column(BigInteger, default=0)
     allowed_measurements: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    mode: Mapped[str] = mapped_column(String(8), default="tee", server_default="tee")
+    he_preset: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    he_model: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
+    he_query_budget: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class HEContext(Base):
+    """A public CKKS context (evaluation keys, never a secret key) an account uploaded once.
+
+    Identified per account by ``fingerprint`` (SHA-256 of the serialized context); the bytes are a
+    blob. Another account naming the same fingerprint does not see this row.
+    """
+
+    __tablename__ = "he_contexts"
+    __table_args__ = (UniqueConstraint("owner_id", "fingerprint", name="ux_he_contexts_owner_fingerprint"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    blob_path: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HEDataset(Base):
+    """Encrypted training data (``he-train-data``) of one account, under one of its contexts.
+
+    Only public sizes are stored next to the ciphertext blob: rows and features as the owner declared
+    them in the message header.
+    """
+
+    __tablename__ = "he_datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    context_id: Mapped[str] = mapped_column(ForeignKey("he_contexts.id"), index=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    features: Mapped[int] = mapped_column(Integer)
+    blob_path: Mapped[str] = mapped_column(String(512))
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -395,6 +444,10 @@ _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("version", "VARCHAR(32) NOT NULL DEFAULT '1'"),
         ("price_per_row", "BIGINT NOT NULL DEFAULT 0"),
         ("allowed_measurements", "JSON NOT NULL DEFAULT '[]'"),
+        ("mode", "VARCHAR(8) NOT NULL DEFAULT 'tee'"),
+        ("he_preset", "VARCHAR(32)"),
+        ("he_model", "TEXT"),
+        ("he_query_budget", "BIGINT"),
     ),
 }
 """Columns added since the first release, with the defaults existing rows get."""
@@ -442,7 +495,7 @@ def upgrade_schema(engine: Engine) -> bool:
     if "jobs" not in inspector.get_table_names():
         return added
     if "kind" in {column["name"] for column in inspector.get_columns("jobs")}:
-        return added
+        return _widen_job_kinds(engine) or added
     log.warning("upgrading the jobs table for training jobs (existing jobs are kept)")
     if engine.dialect.name == "sqlite":
         indexes = [index["name"] for index in inspector.get_indexes("jobs") if index.get("name")]
@@ -473,4 +526,52 @@ def upgrade_schema(engine: Engine) -> bool:
     with engine.begin() as conn:
         for statement in statements:
             conn.execute(text(statement))
+    return True
+
+
+def _widen_job_kinds(engine: Engine) -> bool:
+    """Let a ``jobs`` table whose kind check predates encrypted-ML mode accept every kind of
+    :data:`JOB_KINDS`.
+
+    Guarantees: every job row is kept unchanged and the foreign keys of other tables still point at
+    ``jobs``. SQLite cannot alter a check constraint, so there the table is rebuilt (new table,
+    copy, drop, rename, with foreign-key enforcement off meanwhile); other dialects replace the
+    constraint in place. Returns whether anything changed.
+    """
+    checks = inspect(engine).get_check_constraints("jobs")
+    kind_check = next((check for check in checks if check.get("name") == "ck_jobs_kind"), None)
+    if kind_check is None or all(f"'{kind}'" in str(kind_check.get("sqltext", "")) for kind in JOB_KINDS):
+        return False
+    log.warning("widening the jobs table's kind check for encrypted-ML jobs (existing jobs are kept)")
+    table = Job.__table__
+    if engine.dialect.name != "sqlite":
+        constraint = next(
+            c for c in table.constraints if isinstance(c, CheckConstraint) and c.name == "ck_jobs_kind"
+        )
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE jobs DROP CONSTRAINT ck_jobs_kind"))
+            conn.execute(text(f"ALTER TABLE jobs ADD CONSTRAINT ck_jobs_kind CHECK ({constraint.sqltext})"))
+        return True
+    present = {column["name"] for column in inspect(engine).get_columns("jobs")}
+    columns = ", ".join(column.name for column in table.columns if column.name in present)
+    scratch = MetaData()
+    Account.__table__.to_metadata(scratch)  # so the copy's foreign key resolves
+    rebuilt = table.to_metadata(scratch, name="jobs_rebuilt")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()
+        try:
+            with conn.begin():
+                conn.execute(text("DROP TABLE IF EXISTS jobs_rebuilt"))
+                for index in list(rebuilt.indexes):
+                    rebuilt.indexes.discard(index)
+                rebuilt.create(conn)
+                conn.execute(text(f"INSERT INTO jobs_rebuilt ({columns}) SELECT {columns} FROM jobs"))  # noqa: S608
+                conn.execute(text("DROP TABLE jobs"))
+                conn.execute(text("ALTER TABLE jobs_rebuilt RENAME TO jobs"))
+                for index in table.indexes:
+                    index.create(conn)
+        finally:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
     return True

@@ -232,7 +232,7 @@ class Market:
         jobs = Job.__table__
         usage = (
             select(jobs.c.model_id, func.count().label("uses"), func.sum(jobs.c.rows).label("rows"))
-            .where(jobs.c.kind == "predict")
+            .where(jobs.c.kind.in_(("predict", "he-predict")))
             .group_by(jobs.c.model_id)
             .subquery()
         )
@@ -281,6 +281,8 @@ class Market:
 
     @staticmethod
     def _model_verdict(model: Model, resource: ResourceRecord) -> tuple[bool, str]:
+        if model.mode == "he":
+            return True, "encrypted-ML mode: evaluated on the client's CKKS ciphertexts, no enclave involved"
         if not resource.passing:
             return False, f"the enclave fails attestation ({resource.error_code})"
         allowed = list(model.allowed_measurements or []) or [model.measurement]

@@ -21,6 +21,8 @@ OUTPUT_MODES = ("probabilities", "rounded", "label")
 
 Role = Literal["admin", "provider", "data_owner"]
 ModelStatus = Literal["created", "uploaded", "ready"]
+ModelMode = Literal["tee", "he"]
+JobKind = Literal["predict", "train", "he-predict"]
 
 
 class _Strict(BaseModel):
@@ -121,6 +123,11 @@ class ModelCreate(_Strict):
         max_length=MAX_ALLOWED_MEASUREMENTS,
         description="enclave measurements allowed to run the model (empty: the one it was provisioned to)",
     )
+    mode: ModelMode = Field(
+        default="tee",
+        description="tee: encrypted ONNX run in the attested enclave; he: weights evaluated by the host "
+        "on the client's CKKS ciphertexts (upload them with PUT /v1/models/{id}/he-model)",
+    )
 
     @field_validator("input_columns")
     @classmethod
@@ -162,6 +169,8 @@ class ModelOut(BaseModel):
     version: str = "1"
     price_per_row: int = 0
     allowed_measurements: list[str] = Field(default_factory=list)
+    mode: ModelMode = "tee"
+    preset: str | None = Field(default=None, description="for HE models: the CKKS preset a client must use")
 
 
 class ProvisionOut(BaseModel):
@@ -235,7 +244,7 @@ class JobOut(BaseModel):
     receipt: dict[str, Any]
     signature: str
     created_at: datetime
-    kind: Literal["predict", "train"] = "predict"
+    kind: JobKind = "predict"
     phase: str | None = None
     progress: int | None = Field(default=None, description="percent, for training jobs")
     error_code: str | None = Field(default=None, description="why a training job waits or failed")
@@ -327,3 +336,43 @@ class JobResultOut(BaseModel):
 
     job_id: str
     response: str
+
+
+class HEContextOut(BaseModel):
+    """A public CKKS context the caller uploaded (evaluation keys only; the secret key never leaves
+    the client)."""
+
+    context: str = Field(description="fingerprint: SHA-256 of the serialized public context, hex")
+    params: dict[str, Any]
+    size: int
+    created_at: datetime
+
+
+class HEModelInfoOut(BaseModel):
+    """What a client needs to use an HE model: its preset and the public shape of its output.
+
+    The weights themselves stay with the platform (and are never returned by the API).
+    """
+
+    model: ModelOut
+    kind: str = Field(description="linear | logistic | poly_mlp")
+    preset: str
+    params: dict[str, Any]
+    input_columns: list[str]
+    outputs: int = Field(description="scores per row the client decrypts")
+    output: str = Field(description="final non-linearity the client applies: identity | sigmoid | softmax")
+    classes: list[Any] | None = None
+    depth: int = Field(description="multiplicative levels the evaluation uses")
+    query_budget: int | None = None
+
+
+class HEDatasetOut(BaseModel):
+    """Encrypted training data stored for its owner: public sizes and the ciphertext digest only."""
+
+    dataset: str
+    context: str
+    rows: int
+    features: int
+    size: int
+    blob_sha256: str
+    created_at: datetime

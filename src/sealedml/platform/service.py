@@ -211,10 +211,13 @@ class PlatformService:
         version: str = "1",
         price_per_row: int = 0,
         allowed_measurements: tuple[str, ...] = (),
+        mode: str = "tee",
     ) -> ModelRecord:
         """Register a model owned by ``caller`` (provider only), status ``created``.
 
         ``price_per_row`` must be 0..MAX_CREDIT credits (``billing.invalid_amount`` otherwise).
+        ``mode`` is ``tee`` (encrypted ONNX run in the enclave) or ``he`` (weights evaluated on the
+        client's CKKS ciphertexts).
         """
         require_role(caller, "provider")
         check_amount(price_per_row, "price_per_row")
@@ -228,6 +231,7 @@ class PlatformService:
             version=version,
             price_per_row=price_per_row,
             allowed_measurements=allowed_measurements,
+            mode=mode,
         )
 
     async def update_listing(self, caller: Principal, model_id: str, changes: dict[str, Any]) -> ModelRecord:
@@ -303,6 +307,10 @@ class PlatformService:
         require_role(caller, "provider")
         check_request(envelope, op="provision", model_id=model_id)
         model = await self.owned_model(caller, model_id)
+        if model.mode != "tee":
+            raise RequestError(
+                "request.invalid", "this is an encrypted-ML (HE) model: it has no key for an enclave"
+            )
         if model.status not in ("uploaded", "ready") or model.blob_path is None or model.blob_sha256 is None:
             raise ModelError("model.not_uploaded", "upload the encrypted model before provisioning its key")
         blob = await run_sync(self.blobs.read_bytes, model.blob_path)

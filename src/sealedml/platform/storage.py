@@ -32,6 +32,7 @@ class Area(enum.StrEnum):
 
     MODELS = "models"
     RESULTS = "results"
+    HE = "he"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,136 @@
+"""The CLI in encrypted-ML mode against the real server: publish --mode he, predict --mode he, demo he."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import stat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from sealedml.cli import app
+from sealedml.client import SealedMLClient
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(platform, tmp_path: Path, unique) -> dict[str, str]:
+    return {
+        "SEALEDML_URL": platform.url,
+        "SEALEDML_KEYS_DIR": str(tmp_path / "keys"),
+        "PROVIDER": platform.account(unique("he-cli-provider"), "provider"),
+        "OWNER": platform.account(unique("he-cli-owner"), "data_owner"),
+        "NAME": unique("he-cli-model"),
+    }
+
+
+def invoke(args: list[str], env: dict[str, str], token: str | None = None):
+    environment = {k: v for k, v in env.items() if k.startswith("SEALEDML_")}
+    if token:
+        environment["SEALEDML_TOKEN"] = token
+    return runner.invoke(app, args, env=environment)
+
+
+def test_publish_and_predict_in_he_mode(env, platform, cancer, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(cancer.train[cancer.features].to_numpy(), cancer.train["target"])
+    pickled = tmp_path / "logistic.pkl"
+    pickled.write_bytes(pickle.dumps(model))
+    data = tmp_path / "patients.csv"
+    cancer.test.to_csv(data, index=False)
+
+    result = invoke(
+        [
+            "model",
+            "publish",
+            str(pickled),
+            "--mode",
+            "he",
+            "--name",
+            env["NAME"],
+            "--columns-from",
+            str(data),
+            "--label-column",
+            "target",
+            "--json",
+        ],
+        env,
+        env["PROVIDER"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "plaintext" in result.stderr
+    published = json.loads(result.stdout)
+    assert (published["mode"], published["preset"], published["status"]) == ("he", "linear", "ready")
+
+    out = tmp_path / "out.csv"
+    result = invoke(
+        ["predict", str(data), "--model", env["NAME"], "--mode", "he", "-o", str(out)], env, env["OWNER"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "ms/row" in result.stderr and "MiB" in result.stderr
+    keys_file = Path(env["SEALEDML_KEYS_DIR"]) / "he" / "linear.hekeys"
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    predictions = pd.read_csv(out)
+    clear = model.predict(cancer.test[cancer.features].to_numpy())
+    assert float(np.mean(predictions["prediction"].to_numpy() == clear)) >= 0.995
+    assert np.allclose(
+        predictions[["p_0", "p_1"]].to_numpy(),
+        model.predict_proba(cancer.test[cancer.features].to_numpy()),
+        atol=1e-3,
+    )
+
+    # A second run reuses the keys and the uploaded context; JSON output goes to stdout.
+    result = invoke(
+        ["predict", str(data), "--model", env["NAME"], "--mode", "he", "--batch-rows", "50"],
+        env,
+        env["OWNER"],
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert [r["prediction"] for r in records] == clear.tolist()
+    assert "3 encrypted request(s)" in result.stderr
+    with SealedMLClient(platform.url, env["OWNER"]) as owner:
+        assert len(owner.he.contexts()) == 1
+        jobs = [job for job in owner.list_jobs() if job["kind"] == "he-predict"]
+    assert sorted(job["rows"] for job in jobs) == sorted([len(cancer.test), 50, 50, len(cancer.test) - 100])
+
+    listed = invoke(["he", "keys", "list", "--json"], env)
+    assert listed.exit_code == 0, listed.output
+    assert [entry["preset"] for entry in json.loads(listed.stdout)] == ["linear"]
+
+
+def test_a_bad_he_model_file_is_refused(env, tmp_path: Path) -> None:
+    bogus = tmp_path / "model.he.json"
+    bogus.write_text('{"format": "something else"}')
+    result = invoke(
+        ["model", "publish", str(bogus), "--mode", "he", "--name", env["NAME"]], env, env["PROVIDER"]
+    )
+    assert result.exit_code == 1
+    assert "he.model_invalid" in result.stderr
+
+
+def test_demo_he_runs_end_to_end(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from sealedml.demo_he import run_he_demo
+
+    assert runner.invoke(app, ["demo", "he", "--help"]).exit_code == 0
+    out = io.StringIO()
+    results = run_he_demo(Console(file=out, width=160), tmp_path / "demo")
+    for model in ("logistic", "poly-mlp"):
+        assert results["models"][model]["agreement"] >= 0.995
+        assert results["models"][model]["request_bytes"] > results["models"][model]["response_bytes"] > 0
+    assert results["training"]["accuracy"] >= results["training"]["sklearn_accuracy"] - 0.06
+    text = out.getvalue()
+    assert "agreement" in text and "encrypted training" in text and "ms / row" in text
