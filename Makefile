@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-heavy lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/sealedml demo
 
+# `make test` leaves out the multi-worker Ray tests marked `ray_heavy`; `make test-heavy` runs
+# them (CI runs both).
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not ray_heavy"
+
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -q -m ray_heavy
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -21,6 +21,11 @@ ALLOWED_OWN = (
     "sealedml.attestation.measurement",
     "sealedml.attestation.producers",
     "sealedml.attestation.evidence.bundle",
+    # enclave/peers.py verifies a peer's evidence inside the enclave (imported per TEE type on use)
+    "sealedml.attestation.claims",
+    "sealedml.attestation.evidence.simulated",
+    "sealedml.attestation.evidence.snp",
+    "sealedml.attestation.evidence.dcap",
     "sealedml.training_spec",
     "sealedml.safejson",
 )

@@ -158,6 +158,18 @@ def serve(
             envvar="SEALEDML_PCCS_URL", help="With --tee sgx|tdx: PCCS/PCS to fetch DCAP collateral from."
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            envvar="SEALEDML_RAY",
+            help="Serve from attested enclave workers on Ray: 'local' (a Ray runtime on this machine) "
+            "or the address of a running Ray cluster.",
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int, typer.Option("--ray-workers", envvar="SEALEDML_RAY_WORKERS", help="Enclave workers with --ray.")
+    ] = 2,
 ) -> None:
     """Run the platform service with its enclave (simulated by default: no hardware TEE here)."""
     import shlex
@@ -178,6 +190,8 @@ def serve(
         anchor=anchor,
         anchor_interval_seconds=anchor_interval,
         pccs_url=pccs_url,
+        ray=ray,
+        ray_workers=ray_workers,
     )
     if tee == "simulated":
         err.print(
@@ -761,6 +775,7 @@ def demo_he(
 
 
 def _register_subcommands() -> None:
+    from sealedml.cli_batch import batch_app
     from sealedml.cli_he import register as register_he
     from sealedml.cli_ledger import ledger_app
     from sealedml.cli_market import market_app
@@ -768,6 +783,7 @@ def _register_subcommands() -> None:
 
     app.add_typer(market_app, name="market")
     app.add_typer(ledger_app, name="ledger")
+    app.add_typer(batch_app, name="batch")
     register_training(app, model_app)
     register_he(app)
 

@@ -235,6 +235,10 @@ STATUS_BY_CODE: dict[str, int] = {
     "request.task_mismatch": 400,
     "request.shard_not_loaded": 409,
     "cluster.coordinator_lost": 503,
+    "cluster.peer_rejected": 422,
+    "cluster.challenge_unknown": 409,
+    "cluster.worker_lost": 503,
+    "cluster.no_workers": 503,
 }
 
 HINTS: dict[str, str] = {
@@ -374,6 +378,20 @@ HINTS: dict[str, str] = {
     "cluster.coordinator_lost": (
         "the coordinator enclave was lost mid-job: deliver the approvals to the new coordinator and "
         "submit the job again"
+    ),
+    "cluster.peer_rejected": (
+        "the peer enclave runs other code, another TEE type, under another root, or in debug mode, or "
+        "already serves another cluster identity: start a fresh worker of the same build"
+    ),
+    "cluster.challenge_unknown": (
+        "a peer answered a nonce that was never issued, was already used, or expired (60 s): rerun the join"
+    ),
+    "cluster.worker_lost": (
+        "an enclave worker (Ray actor) died; the platform replaces it and retries the shard"
+    ),
+    "cluster.no_workers": (
+        "no worker passed attestation, or every worker was lost: check the rejected workers in the log "
+        "and restart the cluster"
     ),
     "he.context_invalid": "send the public context the SDK serializes (HEKeys.public_context())",
     "he.context_has_secret_key": (

@@ -138,6 +138,7 @@ def test_openapi_documents_the_api(env) -> None:
         "/v1/jobs/{job_id}/request": {"put"},
         "/v1/jobs/{job_id}/cancel": {"post"},
         "/v1/jobs/{job_id}/model": {"get"},
+        "/v1/models/{model_id}/batch": {"post"},
         "/v1/he/context": {"put"},
         "/v1/he/contexts": {"get"},
         "/v1/he/contexts/{fingerprint}": {"get"},

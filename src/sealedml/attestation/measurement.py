@@ -49,6 +49,14 @@ TCB_PATHS: tuple[str, ...] = (
     "attestation/producers/",
     "attestation/evidence/__init__.py",
     "attestation/evidence/bundle.py",
+    # Peer attestation (enclave/peers.py) imports the verifier of its own TEE type on first use.
+    "attestation/claims.py",
+    "attestation/evidence/simulated.py",
+    "attestation/evidence/snp.py",
+    "attestation/evidence/snp_report.py",
+    "attestation/evidence/dcap.py",
+    "attestation/evidence/dcap_quote.py",
+    "attestation/evidence/dcap_collateral.py",
     "training_spec.py",
     "safejson.py",
 )
@@ -69,6 +77,7 @@ RUNTIME_DISTRIBUTIONS: tuple[str, ...] = (
     "skl2onnx",
     "diffprivlib",
     "pyarrow",
+    "dcap-qvl",
 )
 """Third-party distributions whose versions are part of the measurement."""
 

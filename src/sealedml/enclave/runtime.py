@@ -9,12 +9,18 @@ Confidential training adds ``provision_dataset`` / ``load_dataset`` / ``unload_d
 owner's key, like a provider's), ``approve`` (an owner's Ed25519 signature over one job spec's
 digest) and ``train`` (a sealed job spec; the model key goes only to the spec's recipients). The
 heavy ML libraries are imported on the first training job, not at enclave start.
+
+In a cluster (:mod:`sealedml.enclave.peers`) the enclave serves the cluster's identity: the keys
+clients seal to and that sign receipts are taken over from an attested peer (``peer_challenge``,
+``peer_request``, ``peer_export``, ``peer_import``); its *instance* keys, which only peers use,
+never leave it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -28,7 +34,7 @@ from sealedml.crypto.request import OpenedRequest, RecipientKey, seal_response
 from sealedml.crypto.sealing import seal, unseal
 from sealedml.crypto.signing import SigningKey, verify_signature
 from sealedml.crypto.stream import decrypt_bytes
-from sealedml.enclave import payload
+from sealedml.enclave import parallel_training, payload, peers
 from sealedml.enclave.datasets import DatasetConfig, DatasetState, TrainingLimits, decrypt_dataset
 from sealedml.enclave.models import (
     LoadedModel,
@@ -39,7 +45,7 @@ from sealedml.enclave.models import (
     run_model,
 )
 from sealedml.enclave.receipts import build_receipt, build_train_receipt
-from sealedml.errors import CryptoError, EnclaveError, InputError, ModelError, RequestError
+from sealedml.errors import ClusterError, CryptoError, EnclaveError, InputError, ModelError, RequestError
 from sealedml.training_spec import (
     MAX_DATASETS,
     JobSpec,
@@ -112,8 +118,13 @@ class Enclave:
         self.measurement = measurement
         self._clock = clock
         self._max_rows = max_rows
-        self._hpke = RecipientKey.generate()
-        self._signer = SigningKey.generate()
+        self._identity = peers.Identity.generate()
+        self._instance = peers.Identity.generate()
+        self._joined = False
+        self._identity_lock = threading.Lock()
+        self._challenges = peers.Challenges(clock)
+        self._peer_nonces = peers.Challenges(clock)
+        self._own_claims: peers.OwnClaims | None = None
         self.instance_id = uuid.uuid4().hex
         self._models: dict[str, LoadedModel] = {}
         self._models_lock = threading.Lock()
@@ -139,42 +150,141 @@ class Enclave:
 
     # -- identity ---------------------------------------------------------------------------------
 
+    @property
+    def _hpke(self) -> RecipientKey:
+        """The HPKE key clients seal requests to (the cluster's once this enclave joined one)."""
+        return self._identity.hpke
+
+    @property
+    def _signer(self) -> SigningKey:
+        """The key that signs receipts (the cluster's once this enclave joined one)."""
+        return self._identity.signer
+
     def info(self) -> dict[str, Any]:
-        """Return the enclave's public identity (the same fields its evidence binds)."""
+        """Return the enclave's public identity (the same fields its evidence binds).
+
+        ``hpke_public_key``/``signing_public_key`` are the served identity (the cluster's after
+        ``peer_import``); ``joined`` says whether it is shared with peers.
+        """
+        identity = self._identity
         return {
             "tee": self._platform.tee,
             "simulated": self._platform.simulated,
             "measurement": self.measurement,
-            "hpke_public_key": self._hpke.public_bytes.hex(),
-            "signing_public_key": self._signer.public_bytes.hex(),
+            "hpke_public_key": identity.hpke.public_bytes.hex(),
+            "signing_public_key": identity.signer.public_bytes.hex(),
             "instance_id": self.instance_id,
+            "joined": self._joined,
         }
+
+    def _bundle(self, identity: peers.Identity, nonce: bytes) -> EvidenceBundle:
+        """Evidence from this enclave's platform binding ``identity``'s public keys to ``nonce``."""
+        hpke_public, signing_public = identity.public
+        report_data = bind_report_data(hpke_public, signing_public, nonce)
+        report, signature, chain = self._platform.evidence(
+            measurement=self.measurement, report_data=report_data, now=self._clock()
+        )
+        return EvidenceBundle(
+            tee=self._platform.tee,
+            report=report,
+            signature=signature,
+            certificates=tuple(chain),
+            hpke_public_key=hpke_public,
+            signing_public_key=signing_public,
+            nonce=nonce,
+        )
 
     def _hello(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
         return Reply(self.info())
 
     def _evidence(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
-        nonce_hex = header.get("nonce")
-        try:
-            nonce = bytes.fromhex(nonce_hex) if isinstance(nonce_hex, str) else b""
-        except ValueError:
-            nonce = b""
-        if not 16 <= len(nonce) <= 64:
-            raise InputError("input.malformed", "nonce must be 16..64 bytes of hex")
-        report_data = bind_report_data(self._hpke.public_bytes, self._signer.public_bytes, nonce)
-        report, signature, chain = self._platform.evidence(
-            measurement=self.measurement, report_data=report_data, now=self._clock()
+        nonce = peers.parse_nonce(header.get("nonce"))
+        return Reply({}, (self._bundle(self._identity, nonce).to_json().encode(),))
+
+    # -- peers: mutual attestation and the cluster identity ---------------------------------------
+
+    def _own(self) -> peers.OwnClaims:
+        """This enclave's own TEE type, measurement, debug flag and root, read from its own evidence."""
+        own = self._own_claims
+        if own is None:
+            bundle = self._bundle(self._instance, os.urandom(peers.NONCE_SIZE))
+            own = self._own_claims = peers.own_claims(bundle, now=self._clock())
+        return own
+
+    def _peer_challenge(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        return Reply({"nonce": self._challenges.issue().hex()})
+
+    def _peer_request(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        their_nonce = peers.parse_nonce(header.get("nonce"))
+        bundle = self._bundle(self._instance, their_nonce)
+        return Reply({"nonce": self._peer_nonces.issue().hex()}, (bundle.to_json().encode(),))
+
+    def _peer_export(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        their_nonce = peers.parse_nonce(header.get("nonce"))
+        (raw,) = _parts(parts, 1)
+        wanted = header.get("models")
+        if wanted is not None and (
+            not isinstance(wanted, list) or not all(isinstance(m, str) for m in wanted)
+        ):
+            raise EnclaveError("enclave.protocol", "frame field 'models' must list model ids")
+        bundle = peers.parse_bundle(raw)
+        self._challenges.take(bundle.nonce)
+        peers.verify_peer(bundle, nonce=bundle.nonce, own=self._own(), now=self._clock())
+        with self._identity_lock:
+            self._joined = True
+            identity = self._identity
+        with self._models_lock:
+            chosen = {
+                model_id: model.config.to_json()
+                for model_id, model in self._models.items()
+                if wanted is None or model_id in wanted
+            }
+        transfer = peers.seal_transfer(
+            identity=identity, models=chosen, recipient=bundle.hpke_public_key, nonce=their_nonce
         )
-        bundle = EvidenceBundle(
-            tee=self._platform.tee,
-            report=report,
-            signature=signature,
-            certificates=tuple(chain),
-            hpke_public_key=self._hpke.public_bytes,
-            signing_public_key=self._signer.public_bytes,
-            nonce=nonce,
+        signature = self._instance.signer.sign(peers.transfer_message(transfer, their_nonce))
+        mine = self._bundle(self._instance, their_nonce)
+        return Reply(
+            {"signature": signature.hex(), "models": sorted(chosen)},
+            (transfer, mine.to_json().encode()),
         )
-        return Reply({}, (bundle.to_json().encode(),))
+
+    def _peer_import(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        transfer, raw = _parts(parts, 2)
+        bundle = peers.parse_bundle(raw)
+        self._peer_nonces.take(bundle.nonce)
+        peers.verify_peer(bundle, nonce=bundle.nonce, own=self._own(), now=self._clock())
+        peers.check_signature(bundle.signing_public_key, transfer, bundle.nonce, header.get("signature"))
+        opened = peers.open_transfer(transfer, instance=self._instance, nonce=bundle.nonce)
+        configs = {model_id: ModelConfig.from_json(raw) for model_id, raw in opened.models.items()}
+        with self._identity_lock:
+            if self._joined and opened.identity.public != self._identity.public:
+                raise ClusterError(
+                    "cluster.peer_rejected",
+                    "this enclave already serves another cluster identity; start a fresh worker to join",
+                )
+            if opened.identity.public != self._identity.public:
+                self._identity = opened.identity
+            self._joined = True
+            hpke_public, signing_public = self._identity.public
+        ids = sorted(configs)
+        sealed = tuple(
+            seal(
+                platform_secret=self._platform.sealing_secret,
+                measurement=self.measurement,
+                label=f"model:{model_id}",
+                plaintext=configs[model_id].to_json(),
+            )
+            for model_id in ids
+        )
+        return Reply(
+            {
+                "models": ids,
+                "hpke_public_key": hpke_public.hex(),
+                "signing_public_key": signing_public.hex(),
+            },
+            sealed,
+        )
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -694,6 +804,10 @@ class Enclave:
     _HANDLERS: ClassVar[dict[str, Callable[[Enclave, dict[str, Any], list[bytes]], Reply]]] = {
         "hello": _hello,
         "evidence": _evidence,
+        "peer_challenge": _peer_challenge,
+        "peer_request": _peer_request,
+        "peer_export": _peer_export,
+        "peer_import": _peer_import,
         "provision": _provision,
         "load": _load,
         "unload": _unload,
@@ -703,6 +817,8 @@ class Enclave:
         "unload_dataset": _unload_dataset,
         "approve": _approve,
         "train": _train,
+        # data-parallel training (ptrain_*): a light module that defers its ML imports to the first job
+        **parallel_training.HANDLERS,
     }
 
 

@@ -420,7 +420,9 @@ def create_app(
     from sealedml.platform.training_api import install_training_routes, job_detail
 
     install_training_routes(app, training, principal, auth_errors, settings.max_request_bytes)
+    from sealedml.platform.batch_api import install_batch_routes
 
+    install_batch_routes(app, service, principal, auth_errors)
     from sealedml.platform.he_api import install_he_routes
 
     install_he_routes(app, service, principal, auth_errors)

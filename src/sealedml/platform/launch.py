@@ -4,15 +4,22 @@ The simulated platform's state (its certificate chain and sealing secret) lives 
 ``data_dir/platform``. It is readable by this host: the simulated TEE protects nothing, and its
 evidence says so. A dead enclave process is relaunched on the same platform state, so sealed model
 keys stay usable across restarts.
+
+With ``settings.ray`` the platform serves from a cluster of enclave workers on Ray instead
+(:mod:`sealedml.distributed`): ``settings.ray_workers`` actors, each launching its own enclave,
+attested with the platform's policy before they join; worker 0 runs on ``data_dir/platform``,
+the others on simulated machines under the same root (``data_dir/platform/machines``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -27,10 +34,57 @@ def simulated_platform_dir(settings: Settings) -> Path:
     return settings.data_dir / "platform"
 
 
+def _pin_own_root(settings: Settings) -> Settings:
+    """Pin the simulated root the platform created itself, unless the operator pinned roots."""
+    from sealedml.attestation.producers.simulated import SimulatedPlatform
+
+    if settings.tee == "simulated" and not settings.simulated_roots and settings.policy_path is None:
+        root = SimulatedPlatform.open(simulated_platform_dir(settings)).root_fingerprint
+        return dataclasses.replace(settings, simulated_roots=(root,))
+    return settings
+
+
+def _job_spec(app: FastAPI, job_id: str) -> dict[str, Any] | None:
+    """The public spec of a training job (for the pool's choice of data-parallel training)."""
+    record = app.state.training.store.get_job(job_id)
+    return None if record is None else dict(record.spec)
+
+
+@contextmanager
+def _ray_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
+    """Start the enclave cluster on Ray and build the app on its pool; stop the workers on exit."""
+    from sealedml.distributed.cluster import EnclaveCluster
+    from sealedml.distributed.pool import RayEnclavePool
+
+    assert settings.ray is not None
+    settings = _pin_own_root(settings)
+    cluster = asyncio.run(
+        EnclaveCluster.start(
+            workers=settings.ray_workers,
+            address=settings.ray,
+            tee=settings.tee,
+            platform_dir=simulated_platform_dir(settings),
+            policy=settings.appraisal_policy(),
+            enclave_workers=workers,
+            command=settings.enclave_command or None,
+        )
+    )
+    try:
+        pool = RayEnclavePool(cluster, hello_ttl=settings.hello_ttl_seconds)
+        app = create_app(settings, None, supervisor=pool)  # type: ignore[arg-type]
+        pool.spec_lookup = partial(_job_spec, app)
+        yield app
+    finally:
+        asyncio.run(cluster.close())
+
+
 @contextmanager
 def _platform_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
     """Launch the enclave on ``settings.tee`` and build the app on it; stop the enclave on exit."""
-    from sealedml.attestation.producers.simulated import SimulatedPlatform
+    if settings.ray:
+        with _ray_app(settings, workers) as app:
+            yield app
+        return
     from sealedml.tee.launcher import launch_enclave
 
     relaunch = partial(
@@ -42,10 +96,8 @@ def _platform_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
     )
     enclave = relaunch()
     try:
-        if settings.tee == "simulated" and not settings.simulated_roots and settings.policy_path is None:
-            # The platform launched this simulated TEE itself, so it knows which root to pin.
-            root = SimulatedPlatform.open(simulated_platform_dir(settings)).root_fingerprint
-            settings = dataclasses.replace(settings, simulated_roots=(root,))
+        # The platform launched this simulated TEE itself, so it knows which root to pin.
+        settings = _pin_own_root(settings)
         app = create_app(settings, enclave, relauncher=relaunch)
     except BaseException:
         enclave.close()
@@ -60,7 +112,8 @@ def _platform_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
 def run_platform(settings: Settings, *, workers: int = 4) -> None:
     """Launch the simulated enclave and serve the platform until interrupted (blocking).
 
-    Guarantees: the enclave process (and any relaunched one) is stopped when this returns.
+    Guarantees: the enclave process (and any relaunched one) is stopped when this returns; with
+    ``settings.ray``, every enclave worker is stopped.
     """
     with _platform_app(settings, workers) as app:
         serve_app(app, settings)

@@ -42,6 +42,10 @@ class Settings:
     ledger_url: str | None = None
     anchor: str = "none"
     anchor_interval_seconds: float = 60.0
+    ray: str | None = None
+    """Serve from enclave workers on Ray: ``"local"`` (a local Ray runtime) or a Ray address."""
+    ray_workers: int = 2
+    """How many enclave workers (Ray actors) to start when ``ray`` is set."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -51,6 +55,10 @@ class Settings:
             raise ConfigError("config.invalid", "size limits must be positive")
         if not 0 <= self.port <= 65535:
             raise ConfigError("config.invalid", f"port {self.port} is out of range")
+        if type(self.ray_workers) is not int or not 1 <= self.ray_workers <= 4096:
+            raise ConfigError("config.invalid", "ray_workers must be an integer in 1..4096")
+        if self.ray is not None and not self.ray.strip():
+            raise ConfigError("config.invalid", 'ray must be "local" or a Ray address')
 
     def appraisal_policy(self) -> AppraisalPolicy:
         """The policy the platform checks its own enclave workers against (for the catalog badge).

@@ -123,6 +123,33 @@ class TrainResult:
     dataset_states: dict[str, bytes]
 
 
+@dataclass(frozen=True)
+class PeerRequest:
+    """A joiner's answer to a member's challenge: its evidence (bundle JSON) and its own nonce."""
+
+    evidence: bytes
+    nonce: bytes
+
+
+@dataclass(frozen=True)
+class PeerTransfer:
+    """A member's sealed transfer for one joiner, with the member's evidence and signature."""
+
+    transfer: bytes
+    evidence: bytes
+    signature: str
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PeerImport:
+    """What a joiner installed: the cluster's public keys, and model configs sealed to its platform."""
+
+    sealed_configs: dict[str, bytes]
+    hpke_public_key: bytes
+    signing_public_key: bytes
+
+
 class EnclaveClient:
     """Async wrapper over a :class:`Channel`; every method raises the enclave's ``SealedMLError``."""
 
@@ -187,6 +214,62 @@ class EnclaveClient:
         """Drop a model from enclave memory."""
         await self._call("unload", {"model": model_id})
 
+    # -- raw calls and peers (clusters of enclaves) -----------------------------------------------
+
+    async def call(self, op: str, header: dict[str, Any], parts: Sequence[bytes] = ()) -> Answer:
+        """Send one raw enclave-protocol request (a Ray worker relays these); returns ``(header, parts)``.
+
+        The enclave's errors keep their ``SealedMLError`` code.
+        """
+        return await self._call(op, header, parts)
+
+    async def peer_challenge(self) -> bytes:
+        """Step 1 of a join, on a member: a fresh single-use nonce the member keeps for 60 s."""
+        head, _ = await self._call("peer_challenge", {})
+        return _hex_field(head, "nonce")
+
+    async def peer_request(self, challenge: bytes) -> PeerRequest:
+        """Step 2, on the joiner: its evidence for the member's ``challenge``, and its own nonce."""
+        head, parts = await self._call("peer_request", {"nonce": challenge.hex()})
+        return PeerRequest(evidence=_one(parts), nonce=_hex_field(head, "nonce"))
+
+    async def peer_export(
+        self, evidence: bytes, nonce: bytes, models: Sequence[str] | None = None
+    ) -> PeerTransfer:
+        """Step 3, on the member: verify the joiner's ``evidence``; seal the cluster identity to it.
+
+        ``models`` limits the model configs sent (default: every loaded model).
+        """
+        header: dict[str, Any] = {"nonce": nonce.hex()}
+        if models is not None:
+            header["models"] = list(models)
+        head, parts = await self._call("peer_export", header, (evidence,))
+        if len(parts) != 2 or not isinstance(head.get("signature"), str):
+            raise EnclaveError("enclave.protocol", "malformed peer_export reply")
+        return PeerTransfer(
+            transfer=parts[0],
+            evidence=parts[1],
+            signature=str(head["signature"]),
+            models=tuple(str(m) for m in head.get("models") or ()),
+        )
+
+    async def peer_import(self, transfer: PeerTransfer) -> PeerImport:
+        """Step 4, on the joiner: verify the member, install the cluster identity.
+
+        Returns each transferred model's config sealed to this enclave's platform (for :meth:`load`).
+        """
+        head, parts = await self._call(
+            "peer_import", {"signature": transfer.signature}, (transfer.transfer, transfer.evidence)
+        )
+        models = head.get("models")
+        if not isinstance(models, list) or len(models) != len(parts):
+            raise EnclaveError("enclave.protocol", "malformed peer_import reply")
+        return PeerImport(
+            sealed_configs=dict(zip((str(m) for m in models), parts, strict=True)),
+            hpke_public_key=_hex_field(head, "hpke_public_key"),
+            signing_public_key=_hex_field(head, "signing_public_key"),
+        )
+
     # -- training ---------------------------------------------------------------------------------
 
     async def provision_dataset(
@@ -242,6 +325,53 @@ class EnclaveClient:
         """Stop the enclave."""
         self.channel.close()
 
+    # -- data-parallel training (sealedml.enclave.parallel_training) -------------------------------
+
+    async def ptrain_begin(
+        self,
+        model_id: str,
+        client: str,
+        job_id: str,
+        datasets: Sequence[str],
+        request: bytes,
+        blobs: Sequence[bytes],
+        shards: int,
+    ) -> tuple[str, int, bytes, list[bytes]]:
+        """Start a sealed job data-parallel on this (coordinator) enclave.
+
+        Returns ``(job token, rounds, round-1 weights, one task per shard)``; all bytes are
+        ciphertext only cluster enclaves open.
+        """
+        header = {"model": model_id, "client": client, "job": job_id, "datasets": list(datasets)}
+        head, parts = await self._call("ptrain_begin", {**header, "shards": shards}, (request, *blobs))
+        token, rounds = head.get("ptrain"), head.get("rounds")
+        if not isinstance(token, str) or not isinstance(rounds, int) or len(parts) != 1 + shards:
+            raise EnclaveError("enclave.protocol", "malformed ptrain_begin reply")
+        return token, rounds, parts[0], list(parts[1:])
+
+    async def ptrain_round(
+        self, token: str, shard: int, round_no: int, task: bytes, weights: bytes, blobs: Sequence[bytes] = ()
+    ) -> bytes:
+        """Train one shard for one round; returns its sealed update (hand ``blobs`` the first time)."""
+        _, parts = await self._call(
+            "ptrain_round", {"ptrain": token, "shard": shard, "round": round_no}, (task, weights, *blobs)
+        )
+        return _one(parts)
+
+    async def ptrain_aggregate(
+        self, token: str, round_no: int, updates: Sequence[bytes]
+    ) -> tuple[bytes | None, TrainResult | None]:
+        """Average one round's updates: ``(next weights, None)``, or ``(None, result)`` after the last."""
+        head, parts = await self._call("ptrain_aggregate", {"ptrain": token, "round": round_no}, updates)
+        if head.get("done"):
+            return None, _train_result(head, parts)
+        return _one(parts), None
+
+    async def ptrain_abort(self, token: str) -> bool:
+        """Forget a parallel job on its coordinator; returns whether it was running there."""
+        head, _ = await self._call("ptrain_abort", {"ptrain": token})
+        return bool(head.get("aborted"))
+
 
 def _train_result(head: dict[str, Any], parts: list[bytes]) -> TrainResult:
     """Parse a ``train`` reply; raises ``enclave.protocol`` if its layout or header is malformed."""
@@ -285,6 +415,13 @@ def _train_result(head: dict[str, Any], parts: list[bytes]) -> TrainResult:
     if result.published and result.model_config is None:
         raise EnclaveError("enclave.protocol", "a published model came without its sealed config")
     return result
+
+
+def _hex_field(head: dict[str, Any], name: str) -> bytes:
+    try:
+        return bytes.fromhex(head[name])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EnclaveError("enclave.protocol", f"the reply lacks a hex {name!r}") from exc
 
 
 def _one(parts: list[bytes]) -> bytes:
