@@ -1,8 +1,11 @@
 """HE inference cost: logistic regression on breast cancer under CKKS vs clear text vs the TEE path.
 
-One run measures, for batch sizes 1, 64 and 4096 rows (rows tiled from the test split):
-  * HE (TenSEAL CKKS, preset "linear", N=8192): client encrypt / server evaluate / client decrypt,
-    ciphertext bytes per batch and per row, public-context (key) size, agreement with the clear model;
+One run measures, for batch sizes 1, 8, 64 and 4096 rows (rows tiled from the test split):
+  * HE (TenSEAL CKKS, preset "linear", N=8192) in both slot layouts -- "columns" (one ciphertext
+    per feature, no Galois keys) and "rows" (whole rows per ciphertext, rotations, Galois keys):
+    client encrypt / server evaluate / client decrypt, ciphertext bytes per batch and per row,
+    public-context (key) sizes with and without Galois keys, agreement with the clear model, and
+    the layout the SDK's ``choose_layout`` picks;
   * clear text: scikit-learn ``predict_proba`` and onnxruntime on the same pipeline;
   * the TEE path: the platform in the background with the simulated enclave, SDK ``predict``
     (HPKE-sealed request, attested enclave, signed receipt);
@@ -51,7 +54,9 @@ def main() -> None:
     from sealedml.client import from_estimator
     from sealedml.demo import _train_provider_model
     from sealedml.he import HEKeys, evaluate_batch, he_model_from_sklearn, load_public_context
+    from sealedml.he.packing import choose_layout
     from sealedml.he.training import EncryptedLogisticRegression, encrypt_training_data, gradient_step
+    from sealedml.he.wire import decode_message
 
     estimator, test_x, _ = _train_provider_model()
     columns = list(test_x.columns)
@@ -65,11 +70,18 @@ def main() -> None:
     keygen = best_of(lambda: HEKeys.generate(model.preset), 1)
     public = keys.public_context()
     context = load_public_context(public)
-    sizes = [1, 64, 4096]
+    galois_keys = HEKeys.generate(model.preset, galois=True)
+    galois_keygen = best_of(lambda: HEKeys.generate(model.preset, galois=True), 1)
+    galois_public = galois_keys.public_context()
+    galois_context = load_public_context(galois_public)
+    layouts = {"columns": (keys, context), "rows": (galois_keys, galois_context)}
+    sizes = [1, 8, 64, 4096]
     results: dict[str, object] = {
         "params": keys.params.to_dict(),
         "public_context_bytes": len(public),
         "keygen_seconds": keygen,
+        "galois_public_context_bytes": len(galois_public),
+        "galois_keygen_seconds": galois_keygen,
         "batches": {},
     }
     tee: dict[int, float] = {}
@@ -79,29 +91,39 @@ def main() -> None:
     for rows in sizes:
         x = np.resize(base, (rows, base.shape[1]))
         frame = test_x.iloc[np.arange(rows) % len(base)]
-        enc = best_of(lambda x=x: keys.encrypt_batch(x, columns), repeat)
-        message = keys.encrypt_batch(x, columns)
-        ev = best_of(
-            lambda m=message: evaluate_batch(model, context, m, max_bytes=2**31, max_rows=100_000), repeat
-        )
-        scores_message, _ = evaluate_batch(model, context, message, max_bytes=2**31, max_rows=100_000)
-        dec = best_of(lambda s=scores_message: keys.decrypt_scores(s), repeat)
-        labels, _ = model.finalize(keys.decrypt_scores(scores_message))
-        agreement = float(np.mean(labels == estimator.predict(frame)))
+        measured: dict[str, dict[str, float]] = {}
+        for layout, (lkeys, lctx) in layouts.items():
+            enc = best_of(lambda x=x, k=lkeys, la=layout: k.encrypt_batch(x, columns, layout=la), repeat)
+            message = lkeys.encrypt_batch(x, columns, layout=layout)
+            ev = best_of(
+                lambda m=message, c=lctx: evaluate_batch(model, c, m, max_bytes=2**31, max_rows=100_000),
+                repeat,
+            )
+            scores_message, _ = evaluate_batch(model, lctx, message, max_bytes=2**31, max_rows=100_000)
+            dec = best_of(lambda s=scores_message, k=lkeys: k.decrypt_scores(s), repeat)
+            labels, _ = model.finalize(lkeys.decrypt_scores(scores_message))
+            measured[layout] = {
+                "encrypt_s": enc,
+                "evaluate_s": ev,
+                "decrypt_s": dec,
+                "he_total_s": enc + ev + dec,
+                "batch_bytes": len(message),
+                "scores_bytes": len(scores_message),
+                "ciphertexts": len(decode_message(message, max_bytes=2**31).ciphertexts),
+                "agreement": float(np.mean(labels == estimator.predict(frame))),
+            }
         skl = best_of(lambda f=frame: estimator.predict_proba(f), max(repeat, 3))
         x32 = x.astype(np.float32)
         onnx = best_of(lambda a=x32: session.run(None, {onnx_input: a}), max(repeat, 3))
         results["batches"][rows] = {
-            "encrypt_s": enc,
-            "evaluate_s": ev,
-            "decrypt_s": dec,
-            "he_total_s": enc + ev + dec,
-            "batch_bytes": len(message),
-            "scores_bytes": len(scores_message),
+            **measured["columns"],
+            "rows_layout": measured["rows"],
+            "auto_layout": choose_layout(
+                rows, len(columns), model.outputs, keys.params.slots, preset=model.preset
+            ),
             "sklearn_s": skl,
             "onnxruntime_s": onnx,
             "tee_s": tee.get(rows),
-            "agreement": agreement,
         }
 
     # one epoch of encrypted training on the breast-cancer training split
@@ -178,7 +200,7 @@ def run_tee(
         with SealedMLClient(server.url, owner["token"], policy=policy) as client:
             client.attest()
             for rows in sizes:
-                if quick and rows > 64:
+                if (quick and rows > 64) or rows not in (1, 64, 4096):
                     continue
                 x = np.resize(base, (rows, base.shape[1])).astype(np.float32)
                 out[rows] = best_of(lambda x=x: client.predict(model_id, x), repeat)
@@ -194,8 +216,10 @@ def print_report(results: dict) -> None:
     print(
         f"\nCKKS N={params['poly_modulus_degree']} moduli={params['coeff_mod_bit_sizes']} "
         f"scale=2^{params['scale_bits']} slots={params['slots']}; public context (public + relin keys) "
-        f"{results['public_context_bytes'] / 2**20:.2f} MiB; "
-        f"keygen {results['keygen_seconds'] * 1e3:.0f} ms\n"
+        f"{results['public_context_bytes'] / 2**20:.2f} MiB, "
+        f"keygen {results['keygen_seconds'] * 1e3:.0f} ms; "
+        f"with Galois keys (rows layout) {results['galois_public_context_bytes'] / 2**20:.2f} MiB, "
+        f"keygen {results['galois_keygen_seconds'] * 1e3:.0f} ms\n"
     )
     header = (
         f"{'rows':>5} | {'path':<22} | {'batch ms':>10} | {'per-row ms':>10} | {'rows/s':>10} | "
@@ -209,10 +233,14 @@ def print_report(results: dict) -> None:
             ("sklearn predict_proba", b["sklearn_s"]),
             ("onnxruntime", b["onnxruntime_s"]),
             ("TEE (simulated) SDK", b["tee_s"]),
-            ("HE encrypt (client)", b["encrypt_s"]),
-            ("HE evaluate (server)", b["evaluate_s"]),
-            ("HE decrypt (client)", b["decrypt_s"]),
-            ("HE total", b["he_total_s"]),
+            ("HE columns encrypt", b["encrypt_s"]),
+            ("HE columns evaluate", b["evaluate_s"]),
+            ("HE columns decrypt", b["decrypt_s"]),
+            ("HE columns total", b["he_total_s"]),
+            ("HE rows encrypt", b["rows_layout"]["encrypt_s"]),
+            ("HE rows evaluate", b["rows_layout"]["evaluate_s"]),
+            ("HE rows decrypt", b["rows_layout"]["decrypt_s"]),
+            ("HE rows total", b["rows_layout"]["he_total_s"]),
         ]
         for name, seconds in lines:
             if seconds is None:
@@ -222,11 +250,15 @@ def print_report(results: dict) -> None:
                 f"{rows:>5} | {name:<22} | {_fmt_ms(seconds)} | {_fmt_ms(seconds / rows)} | "
                 f"{rows / seconds:10.0f} | {seconds / base:9.2f}"
             )
-        print(
-            f"{rows:>5} | ciphertext in {b['batch_bytes'] / 2**20:.2f} MiB "
-            f"({b['batch_bytes'] / rows / 1024:.1f} KiB/row), "
-            f"out {b['scores_bytes'] / 2**10:.0f} KiB; HE/clear label agreement {b['agreement']:.4f}"
-        )
+        for name, layout in (("columns", b), ("rows", b["rows_layout"])):
+            print(
+                f"{rows:>5} | {name}: {layout['ciphertexts']} ciphertext(s) in "
+                f"{layout['batch_bytes'] / 2**20:.2f} MiB "
+                f"({layout['batch_bytes'] / rows / 1024:.1f} KiB/row), "
+                f"out {layout['scores_bytes'] / 2**10:.0f} KiB; HE/clear label agreement "
+                f"{layout['agreement']:.4f}"
+            )
+        print(f"{rows:>5} | SDK auto layout: {b['auto_layout']}")
         print("-" * len(header))
     t = results["training"]
     print(

@@ -46,17 +46,9 @@ def he_keys_path(preset: str) -> Path:
 
 def load_or_create_keys(preset: str) -> tuple[HEKeys, bool]:
     """Return the CLI's key set for ``preset`` and whether it was generated now (saved 0600)."""
-    from sealedml.he.keys import HEKeys
-    from sealedml.he.params import preset as check_preset
+    from sealedml.he.keys import HEKeyring
 
-    check_preset(preset)
-    path = he_keys_path(preset)
-    if path.is_file():
-        return HEKeys.load(path), False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    keys = HEKeys.generate(preset)
-    keys.save(path)
-    return keys, True
+    return HEKeyring(he_keys_path(preset).parent).get(preset)
 
 
 def load_he_model(path: Path, columns: list[str] | None) -> HEModel:
@@ -151,18 +143,18 @@ def predict_he(
 
     if batch_rows is not None and batch_rows <= 0:
         raise InputError("input.malformed", "--batch-rows must be positive")
+    from sealedml.he.keys import HEKeyring
+
     total = count_rows(data) if data.is_file() else None
+    # One key set per preset, plus one with Galois keys generated the first time a small batch
+    # uses the rows layout; each public context is uploaded to the platform once.
+    ring = HEKeyring(he_keys_path("linear").parent)
     with make_client(url, token) as client:
         spec = client.he.model(model)
-        keys, created = load_or_create_keys(spec.preset)
-        if created:
-            err.print(
-                f"generated HE keys for the {spec.preset!r} preset in {he_keys_path(spec.preset)} (0600)"
-            )
-        context = client.he.upload_context(keys)
         records: list[dict[str, Any]] = []
         rows = sent = received = batches = 0
         seconds = 0.0
+        layouts: set[str] = set()
         first = True
         with Progress(
             TextColumn("encrypted scoring"),
@@ -173,7 +165,11 @@ def predict_he(
             transient=True,
         ) as bar:
             task = bar.add_task("rows", total=total)
-            for batch in client.he.predict_file(spec.id, data, keys=keys, batch_rows=batch_rows):
+            for batch in client.he.predict_file(spec.id, data, keys=ring, batch_rows=batch_rows):
+                for path in ring.created:
+                    bar.console.print(f"generated HE keys in {path} (0600; the secret key stays here)")
+                ring.created.clear()
+                layouts.add(batch.layout)
                 batches += 1
                 rows += batch.rows
                 sent += batch.request_bytes
@@ -189,9 +185,9 @@ def predict_he(
         print_json(records)
     per_row = seconds / rows * 1000 if rows else 0.0
     err.print(
-        f"[bold green]done[/]: {rows} rows in {batches} encrypted request(s), {seconds:.2f} s "
-        f"({per_row:.2f} ms/row); sent {sent / 2**20:.1f} MiB of ciphertext, received "
-        f"{received / 2**20:.2f} MiB; public context {context['size'] / 2**20:.1f} MiB (uploaded once)"
+        f"[bold green]done[/]: {rows} rows in {batches} encrypted request(s) "
+        f"({' and '.join(sorted(layouts)) or 'no'} layout), {seconds:.2f} s ({per_row:.2f} ms/row); "
+        f"sent {sent / 2**20:.2f} MiB of ciphertext, received {received / 2**20:.2f} MiB"
         + (f"; predictions in {output}" if output else ""),
         highlight=False,
     )

@@ -327,3 +327,91 @@ def test_the_query_budget_is_enforced(platform, unique, estimator, cancer, linea
             owner.he.predict(parties.name, cancer.test.head(60), keys=linear_keys)
     assert refused.value.code == "model.budget_exhausted"
     assert parties.snapshot() == before
+
+
+# -- the rows layout (small batches: whole rows per ciphertext, Galois keys) ------------------------
+
+
+@pytest.fixture(scope="module")
+def galois_keys() -> HEKeys:
+    return HEKeys.generate("linear", galois=True)
+
+
+def _header(message: bytes) -> tuple[dict, tuple[bytes, ...]]:
+    decoded = decode_message(message, max_bytes=2**30)
+    header = {k: v for k, v in decoded.header.items() if k not in ("kind", "count", "sha256")}
+    return header, decoded.ciphertexts
+
+
+def test_one_patient_goes_in_the_rows_layout_and_a_keyring_uploads_one_galois_context(
+    parties, cancer, estimator, tmp_path
+) -> None:
+    from sealedml.he.keys import HEKeyring
+
+    ring = HEKeyring(tmp_path / "he")
+    before = parties.snapshot()
+    with parties.client() as owner:
+        one = owner.he.predict_detailed(parties.name, cancer.test.head(1), keys=ring)
+        many = owner.he.predict_detailed(parties.name, cancer.test, keys=ring)
+        columns = owner.he.predict_detailed(parties.name, cancer.test.head(1), keys=ring, layout="columns")
+        listed = owner.he.contexts()
+    assert [b.layout for b in (*one.batches, *many.batches, *columns.batches)] == ["rows", "rows", "columns"]
+    assert ring.path("linear", galois=True) in ring.created and ring.path("linear") in ring.created
+    galois, _ = ring.get("linear", galois=True)
+    assert galois.has_galois_keys and len(galois.public_context()) > 16 * 2**20
+    # each key set's context is stored once, however many predictions used it
+    plain, _ = ring.get("linear")
+    assert sorted(c["context"] for c in listed) == sorted({galois.fingerprint, plain.fingerprint})
+    assert one.request_bytes * 10 < columns.request_bytes  # 1 ciphertext instead of 30
+    assert many.request_bytes < 1.1 * one.request_bytes  # 114 rows still fit one ciphertext
+    clear = estimator.predict(cancer.test[cancer.features])
+    assert float(np.mean(many.labels.astype(int) == clear)) >= 0.995
+    assert one.labels.astype(int)[0] == clear[0] == columns.labels.astype(int)[0]
+    rows = 1 + len(cancer.test) + 1
+    after = parties.snapshot()
+    assert after["owner"] == before["owner"] - rows * PRICE
+    with parties.client() as owner:
+        job = owner.get_job(one.batches[0].job_id)
+    assert (job["rows"], job["receipt"]["context"]) == (1, galois.fingerprint)
+
+
+def test_rows_batches_are_refused_without_galois_keys_or_with_a_bad_shape(
+    parties, linear_keys, galois_keys, cancer
+) -> None:
+    features = cancer.test[cancer.features].to_numpy()[:3]
+    with parties.client() as owner:
+        owner.he.upload_context(linear_keys)
+        owner.he.upload_context(galois_keys)
+        with pytest.raises(SealedMLError) as refused:  # the SDK refuses before sending anything
+            owner.he.predict(parties.name, cancer.test.head(1), keys=linear_keys, layout="rows")
+        assert refused.value.code == "he.context_invalid"
+    good = galois_keys.encrypt_batch(features, cancer.features, model=parties.model.id, layout="rows")
+    header, cts = _header(good)
+    before = parties.snapshot()
+
+    # A rows batch named under a context without Galois keys.
+    relabelled = encode_message("he-batch", {**header, "context": linear_keys.fingerprint}, cts)
+    response = _post_batch(parties, relabelled, linear_keys.fingerprint)
+    _refused(response, 400, "he.context_invalid")
+    assert "Galois keys" in response.json()["error"]["message"]
+
+    # Ciphertext count other than the rows need (one per 128 rows here).
+    doubled = encode_message("he-batch", {**header, "groups": 2}, [*cts, *cts])
+    _refused(_post_batch(parties, doubled, galois_keys.fingerprint), 422, "he.shape_mismatch")
+    # 300 rows declared but one ciphertext (128 rows) sent.
+    short = encode_message("he-batch", {**header, "rows": 300}, cts)
+    _refused(_post_batch(parties, short, galois_keys.fingerprint), 422, "he.shape_mismatch")
+    # One row declared, a vector holding two rows (twice one row's slots) sent.
+    two = galois_keys.encrypt_batch(features[:2], cancer.features, layout="rows")
+    _, two_cts = _header(two)
+    longer = encode_message("he-batch", {**header, "rows": 1}, two_cts)
+    _refused(_post_batch(parties, longer, galois_keys.fingerprint), 422, "he.shape_mismatch")
+    # TenSEAL's tutorial layout (a vector of exactly the 30 features) is not ours: refused, not misread.
+    tutorial = encode_message("he-batch", {**header, "rows": 1}, [galois_keys.encrypt_vector(features[0])])
+    _refused(_post_batch(parties, tutorial, galois_keys.fingerprint), 422, "he.shape_mismatch")
+
+    assert parties.snapshot() == before
+    ok = _post_batch(parties, good, galois_keys.fingerprint)
+    assert ok.status_code == 200 and ok.headers["X-SealedML-Rows"] == "3"
+    scores = galois_keys.decrypt_scores(ok.content)
+    assert scores.shape == (3, 1)

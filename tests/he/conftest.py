@@ -44,3 +44,13 @@ def mlp_ctx(mlp_keys):
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def linear_galois_keys() -> HEKeys:
+    return HEKeys.generate("linear", galois=True)
+
+
+@pytest.fixture(scope="session")
+def linear_galois_ctx(linear_galois_keys):
+    return load_public_context(linear_galois_keys.public_context())

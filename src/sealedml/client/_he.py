@@ -23,12 +23,15 @@ from sealedml.errors import HEError, InputError, SealedMLError
 
 if TYPE_CHECKING:
     from sealedml.client._sdk import ModelInfo, SealedMLClient
-    from sealedml.he.keys import HEKeys
+    from sealedml.he.keys import HEKeyring, HEKeys
     from sealedml.he.models import HEModel
 
 __all__ = ["HEAPI", "HEBatch", "HEModelSpec", "HEPrediction", "HETraining", "finalize_scores"]
 
 OCTET = {"Content-Type": "application/octet-stream"}
+#: ``layout=`` values of the prediction calls: "auto" picks the cheaper of "columns" and "rows"
+#: per batch with :func:`sealedml.he.packing.choose_layout` (its cost constants are measured there).
+LAYOUT_CHOICES = ("auto", "columns", "rows")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class HEBatch:
     encrypt_seconds: float
     server_seconds: float
     decrypt_seconds: float
+    layout: str = "columns"
 
     @property
     def seconds(self) -> float:
@@ -174,6 +178,12 @@ def finalize_scores(
         shifted = np.exp(s - s.max(axis=1, keepdims=True))
         return names[np.argmax(s, axis=1)], shifted / shifted.sum(axis=1, keepdims=True)
     raise HEError("he.model_invalid", f"unknown output {output!r}")
+
+
+def _slots(spec: HEModelSpec) -> int:
+    from sealedml.he.params import preset
+
+    return int(spec.params.get("slots") or preset(spec.preset).slots)
 
 
 class HEAPI:
@@ -278,12 +288,61 @@ class HEAPI:
         return spec
 
     # -- predictions ------------------------------------------------------------------------------
-    def predict_batch(self, spec: HEModelSpec, features: np.ndarray, *, keys: HEKeys) -> HEBatch:
-        """Encrypt one batch (at most ``slots`` rows make one ciphertext per column), send it, decrypt.
+    def resolve_layout(
+        self, spec: HEModelSpec, rows: int, *, keys: HEKeys | HEKeyring, layout: str = "auto"
+    ) -> tuple[HEKeys, str]:
+        """Decide the layout of a batch of ``rows`` rows and the key set to encrypt it with.
 
-        Guarantees: the features are only ever sent encrypted under ``keys``; the answer is checked to
-        be under the same context with one score per row and output.
+        Guarantees: ``layout="auto"`` gives ``"rows"`` only when :func:`~sealedml.he.packing.choose_layout`
+        finds it cheaper and Galois keys are at hand (an :class:`~sealedml.he.keys.HEKeyring` makes
+        them once, in ``<preset>-galois.hekeys``; a plain :class:`~sealedml.he.keys.HEKeys` without
+        them means ``"columns"``). An explicit ``"rows"`` with a key set lacking Galois keys raises
+        ``he.context_invalid``; an unknown layout ``input.malformed``.
         """
+        from sealedml.he.keys import HEKeys
+        from sealedml.he.packing import choose_layout
+
+        if layout not in LAYOUT_CHOICES:
+            raise InputError(
+                "input.malformed", f"layout must be one of {list(LAYOUT_CHOICES)}, not {layout!r}"
+            )
+        if layout == "auto":
+            layout = choose_layout(
+                rows,
+                len(spec.input_columns),
+                spec.outputs,
+                _slots(spec),
+                preset=spec.preset,
+                two_layers=spec.kind == "poly_mlp",
+            )
+            if layout == "rows" and isinstance(keys, HEKeys) and not keys.has_galois_keys:
+                layout = "columns"
+        if isinstance(keys, HEKeys):
+            if layout == "rows" and not keys.has_galois_keys:
+                raise HEError(
+                    "he.context_invalid",
+                    "the rows layout needs Galois keys and these keys have none: generate them with "
+                    "HEKeys.generate(preset, galois=True) or pass an HEKeyring",
+                )
+            return keys, layout
+        resolved, _ = keys.get(spec.preset, galois=layout == "rows")
+        return resolved, layout
+
+    def predict_batch(
+        self,
+        spec: HEModelSpec,
+        features: np.ndarray,
+        *,
+        keys: HEKeys | HEKeyring,
+        layout: str = "auto",
+    ) -> HEBatch:
+        """Encrypt one batch in the cheaper layout (or ``layout``), send it, decrypt the scores.
+
+        Guarantees: the features are only ever sent encrypted under the (resolved) keys; each key
+        set's public context is uploaded at most once; the answer is checked to be under the same
+        context with one score per row and output.
+        """
+        keys, layout = self.resolve_layout(spec, int(np.shape(features)[0]), keys=keys, layout=layout)
         if keys.preset != spec.preset:
             raise HEError(
                 "he.context_mismatch",
@@ -291,7 +350,7 @@ class HEAPI:
             )
         context = self.upload_context(keys)
         started = time.perf_counter()
-        message = keys.encrypt_batch(features, list(spec.input_columns), model=spec.id)
+        message = keys.encrypt_batch(features, list(spec.input_columns), model=spec.id, layout=layout)
         encrypted = time.perf_counter()
         response = self._client._request(
             "POST",
@@ -320,6 +379,7 @@ class HEAPI:
             encrypt_seconds=encrypted - started,
             server_seconds=answered - encrypted,
             decrypt_seconds=decrypted - answered,
+            layout=layout,
         )
 
     def iter_predict(
@@ -327,10 +387,12 @@ class HEAPI:
         model: str,
         data: pd.DataFrame | np.ndarray,
         *,
-        keys: HEKeys,
+        keys: HEKeys | HEKeyring,
         batch_rows: int | None = None,
+        layout: str = "auto",
     ) -> Iterator[HEBatch]:
-        """Predict ``data`` batch by batch (default: one ciphertext's worth of rows per request)."""
+        """Predict ``data`` batch by batch (default: ``slots`` rows per request), each batch in the
+        cheaper layout unless ``layout`` is "columns" or "rows"."""
         spec = self.model(model)
         if isinstance(data, pd.DataFrame):
             features = select_features(data, spec.input_columns).astype(np.float64)
@@ -341,25 +403,27 @@ class HEAPI:
                     "input.schema_mismatch",
                     f"expected a rows x {len(spec.input_columns)} matrix, got shape {features.shape}",
                 )
-        step = batch_rows or int(spec.params.get("slots") or keys.params.slots)
+        step = batch_rows or _slots(spec)
         if step <= 0:
             raise InputError("input.malformed", "batch_rows must be positive")
         for start in range(0, features.shape[0], step):
-            yield self.predict_batch(spec, features[start : start + step], keys=keys)
+            yield self.predict_batch(spec, features[start : start + step], keys=keys, layout=layout)
 
     def predict_detailed(
         self,
         model: str,
         data: pd.DataFrame | np.ndarray,
         *,
-        keys: HEKeys,
+        keys: HEKeys | HEKeyring,
         batch_rows: int | None = None,
         progress: Callable[[int], None] | None = None,
+        layout: str = "auto",
     ) -> HEPrediction:
-        """Predict a whole table; returns the decrypted outputs with per-batch sizes and timings."""
+        """Predict a whole table; returns the decrypted outputs with per-batch sizes, timings and
+        layouts (see :meth:`resolve_layout`)."""
         spec = self.model(model)
         batches: list[HEBatch] = []
-        for batch in self.iter_predict(spec.id, data, keys=keys, batch_rows=batch_rows):
+        for batch in self.iter_predict(spec.id, data, keys=keys, batch_rows=batch_rows, layout=layout):
             batches.append(batch)
             if progress is not None:
                 progress(batch.rows)
@@ -381,25 +445,32 @@ class HEAPI:
         model: str,
         data: pd.DataFrame | np.ndarray,
         *,
-        keys: HEKeys,
+        keys: HEKeys | HEKeyring,
         batch_rows: int | None = None,
+        layout: str = "auto",
     ) -> pd.DataFrame:
-        """Predict a table in encrypted-ML mode; returns ``prediction`` (and ``p_<class>``) columns."""
-        return self.predict_detailed(model, data, keys=keys, batch_rows=batch_rows).frame()
+        """Predict a table in encrypted-ML mode; returns ``prediction`` (and ``p_<class>``) columns.
+
+        ``layout="auto"`` sends small batches in the rows layout (one ciphertext for up to
+        ``slots / next_pow2(features)`` rows; needs Galois keys, which an ``HEKeyring`` generates
+        once) and large ones column-packed; "columns"/"rows" force one.
+        """
+        return self.predict_detailed(model, data, keys=keys, batch_rows=batch_rows, layout=layout).frame()
 
     def predict_file(
         self,
         model: str,
         path: Path,
         *,
-        keys: HEKeys,
+        keys: HEKeys | HEKeyring,
         batch_rows: int | None = None,
+        layout: str = "auto",
     ) -> Iterator[HEBatch]:
         """Predict a CSV or Parquet file batch by batch, never loading it whole."""
         spec = self.model(model)
-        step = batch_rows or int(spec.params.get("slots") or keys.params.slots)
+        step = batch_rows or _slots(spec)
         for frame in iter_table(path, step):
-            yield from self.iter_predict(spec.id, frame, keys=keys, batch_rows=step)
+            yield from self.iter_predict(spec.id, frame, keys=keys, batch_rows=step, layout=layout)
 
     # -- encrypted training -----------------------------------------------------------------------
     def upload_training_data(self, data: bytes) -> dict[str, Any]:

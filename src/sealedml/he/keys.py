@@ -25,10 +25,11 @@ from sealedml import safejson
 from sealedml.crypto.envelope import canonical_json
 from sealedml.errors import HEError, InputError
 from sealedml.he.context import context_params
+from sealedml.he.packing import next_pow2, rows_groups
 from sealedml.he.params import HEParams, check_params, params_from_dict, preset
-from sealedml.he.wire import decode_message, encode_message
+from sealedml.he.wire import LAYOUTS, decode_message, encode_message
 
-__all__ = ["MAX_BATCH_ROWS", "MAX_KEYS_FILE", "HEKeys"]
+__all__ = ["MAX_BATCH_ROWS", "MAX_KEYS_FILE", "HEKeyring", "HEKeys"]
 
 _MAGIC = b"SMLHEK"
 _FIXED = struct.Struct(">6sBI")
@@ -169,6 +170,11 @@ class HEKeys:
         return self._fingerprint
 
     @property
+    def has_galois_keys(self) -> bool:
+        """Whether this key set (and so its public context) holds Galois keys (needed by the rows layout)."""
+        return bool(self._context.has_galois_keys())
+
+    @property
     def tenseal(self) -> Any:
         """The live TenSEAL context, secret key included (never send it anywhere)."""
         return self._context
@@ -188,39 +194,59 @@ class HEKeys:
             ) from exc
 
     def encrypt_batch(
-        self, features: np.ndarray, columns: Sequence[str], *, model: str | None = None
+        self,
+        features: np.ndarray,
+        columns: Sequence[str],
+        *,
+        model: str | None = None,
+        layout: str = "columns",
     ) -> bytes:
-        """Encrypt a table column-wise into an ``he-batch`` message.
+        """Encrypt a table into an ``he-batch`` message in ``layout`` ("columns" or "rows").
 
-        Rows are split in groups of ``params.slots``; for each group, column j is one CKKS vector
-        holding that group's values of feature j. Ciphertexts are ordered group-major, then column.
+        columns: rows are split in groups of ``params.slots``; for each group, column j is one CKKS
+        vector holding that group's values of feature j (ciphertexts group-major, then column).
+        rows: see :mod:`sealedml.he.packing`; one ciphertext per ``capacity`` rows, which needs
+        Galois keys on the server (``he.context_invalid`` here if this key set has none).
         """
         matrix = _as_matrix(features, len(columns))
         rows = matrix.shape[0]
         if rows > MAX_BATCH_ROWS:
             raise InputError("input.too_large", f"{rows} rows in one batch (max {MAX_BATCH_ROWS})")
+        if layout not in LAYOUTS:
+            raise HEError("he.wire_malformed", f"unknown layout {layout!r} (use one of {list(LAYOUTS)})")
         slots = self.params.slots
-        groups = math.ceil(rows / slots)
-        ciphertexts = [
-            self.encrypt_vector(matrix[g * slots : (g + 1) * slots, j])
-            for g in range(groups)
-            for j in range(matrix.shape[1])
-        ]
-        header: dict[str, Any] = {
-            "context": self.fingerprint,
-            "rows": rows,
-            "columns": list(columns),
-            "groups": groups,
-        }
+        header: dict[str, Any] = {"context": self.fingerprint, "rows": rows, "columns": list(columns)}
+        if layout == "rows":
+            if not self.has_galois_keys:
+                raise HEError(
+                    "he.context_invalid",
+                    "the rows layout needs Galois keys and this key set has none: "
+                    "use HEKeys.generate(preset, galois=True) or the columns layout",
+                )
+            groups = rows_groups(rows, matrix.shape[1], slots)
+            ciphertexts = []
+            for group in groups:
+                block = np.zeros((group.block, group.width))
+                block[: matrix.shape[1], : group.rows] = matrix[group.start : group.start + group.rows].T
+                ciphertexts.append(self.encrypt_vector(block.ravel()))
+            header.update(layout="rows", groups=len(groups), capacity=slots // groups[0].block)
+        else:
+            count_groups = math.ceil(rows / slots)
+            ciphertexts = [
+                self.encrypt_vector(matrix[g * slots : (g + 1) * slots, j])
+                for g in range(count_groups)
+                for j in range(matrix.shape[1])
+            ]
+            header.update(groups=count_groups)
         if model is not None:
             header["model"] = model
         return encode_message("he-batch", header, ciphertexts)
 
     def decrypt_scores(self, message: bytes, *, max_bytes: int = 2**31) -> np.ndarray:
-        """Decrypt an ``he-scores`` message into a float array of shape (rows, outputs).
+        """Decrypt an ``he-scores`` message (either layout) into a float array of shape (rows, outputs).
 
         Raises ``he.context_mismatch`` if the message names another key set, ``he.shape_mismatch``
-        if its layout does not match its declared rows/outputs, and the wire errors of
+        if its ciphertexts do not match its declared layout/rows/outputs, and the wire errors of
         :func:`decode_message`.
         """
         decoded = decode_message(message, expected_kind="he-scores", max_bytes=max_bytes)
@@ -232,7 +258,11 @@ class HEKeys:
             )
         outputs = decoded.int_field("outputs", minimum=1, maximum=100_000)
         rows, slots = decoded.rows, self.params.slots
-        groups = math.ceil(rows / slots)
+        if decoded.layout == "rows":
+            capacity = decoded.int_field("capacity", minimum=1, maximum=slots)
+        else:
+            capacity = slots
+        groups = math.ceil(rows / capacity)
         if len(decoded.ciphertexts) != groups * outputs:
             raise HEError(
                 "he.shape_mismatch",
@@ -240,16 +270,63 @@ class HEKeys:
             )
         scores = np.empty((rows, outputs), dtype=np.float64)
         for g in range(groups):
-            count = min(slots, rows - g * slots)
+            count = min(capacity, rows - g * capacity)
+            size = next_pow2(count) if decoded.layout == "rows" else count
             for k in range(outputs):
                 index = g * outputs + k
                 values = self.decrypt_vector(decoded.ciphertexts[index], index=index)
-                if values.shape[0] != count:
+                if values.shape[0] != size:
                     raise HEError(
                         "he.shape_mismatch", f"score ciphertext {index} holds {values.shape[0]} values"
                     )
-                scores[g * slots : g * slots + count, k] = values
+                scores[g * capacity : g * capacity + count, k] = values[:count]
         return scores
+
+
+class HEKeyring:
+    """A folder of the client's key sets: ``<preset>.hekeys`` and, for the rows layout,
+    ``<preset>-galois.hekeys`` (the same preset with Galois keys).
+
+    Guarantees: :meth:`get` returns the same key set (same fingerprint, so the server keeps one
+    context per file) every time, creating and saving it (mode 0600) only the first time; a key set
+    without Galois keys is never replaced by one with them or vice versa.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._loaded: dict[tuple[str, bool], HEKeys] = {}
+        #: Key files this keyring generated (callers may tell the user where the new secret key is).
+        self.created: list[Path] = []
+
+    def path(self, preset_name: str, *, galois: bool = False) -> Path:
+        """Where the key set of ``preset_name`` (with or without Galois keys) is kept."""
+        return self.directory / f"{preset_name}{'-galois' if galois else ''}.hekeys"
+
+    def get(self, preset_name: str, *, galois: bool = False) -> tuple[HEKeys, bool]:
+        """Return the key set and whether it was generated now; ``he.params_unsupported`` for an
+        unknown preset, ``he.context_invalid`` if the stored file is not a key set of that kind."""
+        known = self._loaded.get((preset_name, galois))
+        if known is not None:
+            return known, False
+        _preset(preset_name)
+        path = self.path(preset_name, galois=galois)
+        created = False
+        if path.is_file():
+            keys = HEKeys.load(path)
+            if keys.preset != preset_name or keys.has_galois_keys != galois:
+                raise HEError(
+                    "he.context_invalid",
+                    f"{path} holds a {keys.preset!r} key set "
+                    f"{'with' if keys.has_galois_keys else 'without'} Galois keys, not what its name says",
+                )
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            keys = HEKeys.generate(preset_name, galois=galois)
+            keys.save(path)
+            self.created.append(path)
+            created = True
+        self._loaded[(preset_name, galois)] = keys
+        return keys, created
 
 
 def _preset(name: str) -> HEParams:

@@ -78,6 +78,16 @@ class HEModel:
         """Multiplicative levels one evaluation consumes."""
         return len(self.layers) + (len(self.layers) - 1)
 
+    def depth_for(self, layout: str) -> int:
+        """Multiplicative levels one evaluation consumes in ``layout`` ("columns" or "rows").
+
+        The rows layout spends one more level on a 1-layer model (the 0/1 mask after the rotations);
+        a 2-layer model folds the mask into its last layer, as in the columns layout.
+        """
+        if layout == "rows" and len(self.layers) == 1:
+            return 2
+        return self.depth
+
     @property
     def needs_relin_keys(self) -> bool:
         """Whether evaluation multiplies ciphertexts (and so needs relinearization keys)."""

@@ -30,6 +30,7 @@ from sealedml.errors import HEError, InputError
 
 __all__ = [
     "KINDS",
+    "LAYOUTS",
     "MAGIC",
     "MAX_CIPHERTEXT",
     "MAX_HEADER",
@@ -48,6 +49,10 @@ _FIXED = struct.Struct(">5sBI")
 _LEN = struct.Struct(">I")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_ROWS = 2**31
+#: Slot layouts a message may declare (see :mod:`sealedml.he.packing`).
+LAYOUTS = ("columns", "rows")
+#: Kinds that may use the "rows" layout (inference); training messages are always column-packed.
+ROWS_KINDS = ("he-batch", "he-scores")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,11 @@ class HEMessage:
     def context(self) -> str:
         """Fingerprint (sha256 hex) of the public context the ciphertexts claim to be under."""
         return str(self.header["context"])
+
+    @property
+    def layout(self) -> str:
+        """Slot layout of the ciphertexts: "columns" or "rows"."""
+        return str(self.header["layout"])
 
     @property
     def rows(self) -> int:
@@ -88,7 +98,8 @@ class HEMessage:
 
 
 def encode_message(kind: str, header: Mapping[str, Any], ciphertexts: Sequence[bytes]) -> bytes:
-    """Frame ``ciphertexts`` with ``header``; adds ``kind``, ``count``, ``layout`` and ``sha256``.
+    """Frame ``ciphertexts`` with ``header``; adds ``kind``, ``count``, ``layout`` (default
+    "columns") and ``sha256``.
 
     ``header`` must hold ``context`` (fingerprint) and ``rows``. The result decodes with
     :func:`decode_message` to the same kind, header and ciphertexts.
@@ -124,7 +135,7 @@ def decode_message(
 
     Guarantees on return: the framing is exact (no trailing bytes), the header is a canonical JSON
     object with a known ``kind`` (equal to ``expected_kind`` if given), a 64-hex ``context``, a
-    positive ``rows``, ``layout`` "columns", ``count`` equal to the number of ciphertexts and a
+    positive ``rows``, ``layout`` "columns" or "rows", ``count`` equal to the number of ciphertexts and a
     ``sha256`` list each ciphertext matches. Raises only ``he.wire_malformed``,
     ``he.ciphertext_invalid`` (digest mismatch) or ``input.too_large`` (size or count limits).
     """
@@ -189,8 +200,13 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         value = header.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= _MAX_ROWS:
             raise HEError("he.wire_malformed", f"header field {name!r} is missing or out of bounds")
-    if header.get("layout") != "columns":
-        raise HEError("he.wire_malformed", "header field 'layout' must be 'columns'")
+    layout = header.get("layout")
+    if layout not in LAYOUTS:
+        raise HEError("he.wire_malformed", f"header field 'layout' must be one of {list(LAYOUTS)}")
+    if layout != "columns" and kind not in ROWS_KINDS:
+        raise HEError(
+            "he.wire_malformed", f"an {kind!r} message is column-packed: 'layout' must be 'columns'"
+        )
     digests = header.get("sha256")
     if (
         not isinstance(digests, list)

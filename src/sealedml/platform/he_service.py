@@ -340,11 +340,12 @@ class HEService:
         """Check a ``he-batch`` message completely without evaluating it; return its row count.
 
         Framing and digests, the context it names, the model it was made for, its columns, its
-        group/ciphertext counts, the context's depth, and that every ciphertext is a fresh vector of
-        the right size under ``context`` (the evaluation itself can then only fail on our side).
+        layout ("columns" or "rows") and ciphertext counts, the context's depth and keys (a rows
+        batch needs Galois keys: ``he.context_invalid``), and that every ciphertext is a fresh vector
+        of exactly the size its layout prescribes under ``context`` (the evaluation itself can then
+        only fail on our side).
         """
-        from sealedml.he.context import load_vector
-        from sealedml.he.evaluate import check_batch
+        from sealedml.he.evaluate import check_batch, check_vectors
 
         message = check_batch(
             he_model, context, body, max_bytes=self.max_batch_bytes, max_rows=MAX_PREDICT_ROWS
@@ -352,10 +353,8 @@ class HEService:
         named = message.header.get("model")
         if named is not None and named not in (model.id, model.name):
             raise RequestError("request.invalid", "the batch was encrypted for another model")
-        rows, slots, width = message.rows, context.params.slots, len(he_model.input_columns)
-        for index, ciphertext in enumerate(message.ciphertexts):
-            load_vector(context, ciphertext, size=min(slots, rows - (index // width) * slots), index=index)
-        return rows
+        check_vectors(he_model, context, message)
+        return message.rows
 
     async def predict(
         self, caller: Principal, model_id: str, fingerprint: str, body: bytes
