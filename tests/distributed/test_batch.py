@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import ray
 
-ray = pytest.importorskip("ray")
-
-from e2e_support import policy_for  # noqa: E402
-from sealedml.client import SealedMLClient, from_estimator  # noqa: E402
-from sealedml.client._batch import predict_batch  # noqa: E402
-from sealedml.errors import SealedMLError  # noqa: E402
-from sealedml.platform.launch import platform_in_background  # noqa: E402
-from sealedml.platform.settings import Settings  # noqa: E402
+from e2e_support import policy_for
+from sealedml.client import SealedMLClient, from_estimator
+from sealedml.client._batch import predict_batch
+from sealedml.errors import SealedMLError
+from sealedml.platform.launch import platform_in_background
+from sealedml.platform.settings import Settings
 
 PRICE = 2
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import ray
 
-ray = pytest.importorskip("ray")
-
-from enclave.test_training_kit import (  # noqa: E402
+from enclave.test_training_kit import (
     CANCER_LABEL,
     Owner,
     Recipient,
@@ -24,17 +23,17 @@ from enclave.test_training_kit import (  # noqa: E402
     onnx_labels,
     validation_rows,
 )
-from sealedml.attestation.measurement import compute_measurement  # noqa: E402
-from sealedml.attestation.policy import AppraisalPolicy  # noqa: E402
-from sealedml.attestation.producers.simulated import SimulatedPlatform  # noqa: E402
-from sealedml.crypto.envelope import canonical_json  # noqa: E402
-from sealedml.crypto.request import SealedRequest, open_response, seal_request  # noqa: E402
-from sealedml.crypto.signing import verify_signature  # noqa: E402
-from sealedml.crypto.stream import decrypt_bytes  # noqa: E402
-from sealedml.distributed.cluster import EnclaveCluster, WorkerHandle  # noqa: E402
-from sealedml.distributed.training import train_data_parallel  # noqa: E402
-from sealedml.enclave.training import open_model_grant  # noqa: E402
-from sealedml.tee.client import TrainResult  # noqa: E402
+from sealedml.attestation.measurement import compute_measurement
+from sealedml.attestation.policy import AppraisalPolicy
+from sealedml.attestation.producers.simulated import SimulatedPlatform
+from sealedml.crypto.envelope import canonical_json
+from sealedml.crypto.request import SealedRequest, open_response, seal_request
+from sealedml.crypto.signing import verify_signature
+from sealedml.crypto.stream import decrypt_bytes
+from sealedml.distributed.cluster import EnclaveCluster, WorkerHandle
+from sealedml.distributed.training import train_data_parallel
+from sealedml.enclave.training import open_model_grant
+from sealedml.tee.client import TrainResult
 
 pytestmark = pytest.mark.ray_heavy
 

@@ -27,6 +27,7 @@ from sealedml.attestation.claims import AttestationResult
 from sealedml.attestation.evidence.bundle import EvidenceBundle
 from sealedml.attestation.policy import AppraisalPolicy
 from sealedml.attestation.verifier import verify_evidence
+from sealedml.client import _batch
 from sealedml.client._data import iter_table, select_features
 from sealedml.client._he import HEAPI
 from sealedml.client._ledger import LedgerWatcher
@@ -504,6 +505,28 @@ class SealedMLClient:
             if progress is not None:
                 progress(len(frame))
             yield prediction
+
+    def predict_batch(
+        self,
+        model: str,
+        source: Path,
+        output: Path,
+        *,
+        shard_rows: int = _batch.DEFAULT_SHARD_ROWS,
+        window: int = _batch.DEFAULT_WINDOW,
+        progress: _batch.Progress | None = None,
+    ) -> _batch.BatchResult:
+        """Predict on every row of a CSV or Parquet file through the streaming batch endpoint.
+
+        Guarantees on return: ``output`` (Parquet for ``.parquet``/``.pq``, else CSV) holds one
+        prediction row per input row, in input order, whether one enclave or a cluster of attested
+        workers scored the shards; every shard was sealed to the attested enclave (or cluster key)
+        and every shard's receipt was verified, ledger included. A failed shard raises its error
+        after the shards before it were written. ``progress(rows_done, total)`` follows each shard.
+        """
+        return _batch.predict_batch(
+            self, model, source, output, shard_rows=shard_rows, window=window, progress=progress
+        )
 
     # -- jobs -------------------------------------------------------------------------------------
 
