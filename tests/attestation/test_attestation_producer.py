@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 import sealedml.attestation
 from sealedml.attestation.producers.simulated import LEAF_VALIDITY, ROOT_FILE, STATE_FILE, SimulatedPlatform
@@ -203,3 +203,36 @@ def test_public_names_resolve_and_match_all():
         assert getattr(sealedml.attestation, name) is not None
     with pytest.raises(AttributeError):
         _ = sealedml.attestation.does_not_exist
+
+
+# -- machines under one simulated vendor ----------------------------------------------------------
+
+
+def test_a_machine_shares_the_root_but_not_the_keys_or_sealing_secret(platform, platform_dir, tmp_path, now):
+    machine_dir = tmp_path / "machines" / "worker-1"
+    machine = SimulatedPlatform.open_machine(machine_dir, root_dir=platform_dir, now=now)
+    assert machine.root_fingerprint == platform.root_fingerprint
+    assert machine.platform_id != platform.platform_id
+    assert machine.sealing_secret != platform.sealing_secret
+    state = json.loads((machine_dir / STATE_FILE).read_bytes())
+    assert "root_key" not in state, "the vendor root's private key must stay with the root"
+    assert stat.S_IMODE((machine_dir / STATE_FILE).stat().st_mode) == 0o600
+    # Its reports chain to the shared root.
+    leaf, ca, root = (x509.load_der_x509_certificate(der) for der in machine.certificate_chain)
+    leaf.verify_directly_issued_by(ca)
+    ca.verify_directly_issued_by(root)
+    assert root.fingerprint(hashes.SHA256()).hex() == platform.root_fingerprint
+    # Reopening gives the same machine, and a second machine is another one.
+    again = SimulatedPlatform.open_machine(machine_dir, root_dir=platform_dir, now=now)
+    assert (again.platform_id, again.sealing_secret) == (machine.platform_id, machine.sealing_secret)
+    other = SimulatedPlatform.open_machine(tmp_path / "machines" / "worker-2", root_dir=platform_dir, now=now)
+    assert other.sealing_secret not in (machine.sealing_secret, platform.sealing_secret)
+
+
+def test_a_machine_needs_a_readable_root(platform_dir, tmp_path, now):
+    SimulatedPlatform.open(platform_dir, now=now)
+    (platform_dir / STATE_FILE).write_text("{not json")
+    with pytest.raises(ConfigError) as info:
+        SimulatedPlatform.open_machine(tmp_path / "machine", root_dir=platform_dir, now=now)
+    assert info.value.code == "config.invalid"
+    assert not (tmp_path / "machine" / STATE_FILE).exists()

@@ -86,6 +86,10 @@ class RayPlatform:
         record = self.server.app.state.training.store.get_job(job_id)
         return (record.job.status, record.job.phase) if record is not None else ("unknown", None)
 
+    def job_progress(self, job_id: str) -> tuple[str, int]:
+        record = self.server.app.state.training.store.get_job(job_id)
+        return (record.job.status, int(record.job.progress or 0)) if record is not None else ("unknown", 0)
+
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayPlatform]:
@@ -220,11 +224,28 @@ def assert_complete_and_billed_once(trained: Trained) -> None:
 def test_logistic_regression_trains_data_parallel_on_two_workers(platform, cancer) -> None:
     pool = platform.pool
     assert [w.name for w in pool.cluster.workers] == ["worker-0", "worker-1"] and pool.cluster.rejected == []
-    trained = train_on_ray(platform, cancer, "logistic_regression", {"C": 1.0, "max_iter": 100})
+    seen: list[int] = []
+
+    def watch(job_id: str) -> None:
+        """Record the job's progress while it runs: rounds move it through the training share."""
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status, progress = platform.job_progress(job_id)
+            seen.append(progress)
+            if status in ("done", "failed", "cancelled"):
+                return
+            time.sleep(0.002)
+
+    trained = train_on_ray(
+        platform, cancer, "logistic_regression", {"C": 1.0, "max_iter": 100}, while_training=watch
+    )
     assert_complete_and_billed_once(trained)
     parallel = trained.outcome.metrics["parallel"]
     assert parallel["method"] == "synchronous model averaging (local SGD)"
-    assert parallel["shards"] == 2 and parallel["rounds"] >= 1
+    assert parallel["shards"] == 2 and parallel["rounds"] >= 10
+    # Between "training" (30 %) and "storing" (90 %), the platform reports finished rounds.
+    assert any(30 < value < 90 for value in seen), sorted(set(seen))
+    assert seen == sorted(seen) and seen[-1] == 100
     # The receipt (signed with the cluster key) binds these metrics, parallel section included:
     # the SDK checked its signature and metrics_sha256.
     assert trained.held_out_accuracy >= 0.9

@@ -11,8 +11,8 @@ on the platform.
 
 Datasets, approvals and training jobs go to the *primary* worker (the lowest live slot), whose
 ``instance_id`` the pool reports, so approvals are tied to the enclave that holds them. Training
-algorithms that support it run data-parallel on the cluster
-(``sealedml.distributed.training.train_data_parallel``) when that module is installed.
+algorithms that support it (non-DP logistic regression and MLP) run data-parallel on the cluster
+(:func:`sealedml.distributed.training.train_data_parallel`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sealedml.distributed.cluster import LOST_CODES, EnclaveCluster, ModelSource, WorkerHandle
+from sealedml.distributed.training import RoundProgress, supports_data_parallel, train_data_parallel
 from sealedml.errors import ClusterError, EnclaveError, ModelError, SealedMLError
 from sealedml.platform.enclave_manager import DatasetLoader, Loader
 from sealedml.tee.client import (
@@ -401,17 +402,18 @@ class RayEnclavePool:
         datasets: list[str],
         request: bytes,
         blobs: list[bytes],
+        *,
+        progress: RoundProgress | None = None,
     ) -> TrainResult:
-        """Run a sealed training job: data-parallel on the cluster when the algorithm supports it
-        (and ``sealedml.distributed.training`` exists), otherwise on the primary. Never retried.
+        """Run a sealed training job: data-parallel on the cluster when the algorithm supports it,
+        otherwise on the primary. Never retried. ``progress(round, rounds)`` follows the rounds of
+        a data-parallel job (a job on one enclave reports none).
         """
         spec = await asyncio.to_thread(self.spec_lookup, job_id) if self.spec_lookup is not None else None
-        parallel = _data_parallel()
-        if parallel is not None and spec is not None and len(self.cluster.workers) > 1:
-            supports, train_data_parallel = parallel
+        if spec is not None and len(self.cluster.workers) > 1:
             # DP jobs must train in one enclave: the enclave refuses them data-parallel.
             dp_epsilon = spec.get("dp_epsilon")
-            if supports(
+            if supports_data_parallel(
                 str(spec.get("algorithm")),
                 dict(spec.get("params") or {}),
                 dp_epsilon=None if dp_epsilon is None else float(dp_epsilon),
@@ -427,6 +429,7 @@ class RayEnclavePool:
                     datasets=datasets,
                     request=request,
                     blobs=blobs,
+                    progress=progress,
                 )
                 if result.published:
                     self.primary.models.add(model_id)
@@ -440,16 +443,3 @@ class RayEnclavePool:
         if result.published:
             self.primary.models.add(model_id)
         return result
-
-
-def _data_parallel() -> tuple[Callable[..., bool], Any] | None:
-    """ray-train's data-parallel entry points, if that module is installed."""
-    try:
-        from sealedml.distributed import training
-    except ImportError:
-        return None
-    supports = getattr(training, "supports_data_parallel", None)
-    run = getattr(training, "train_data_parallel", None)
-    if supports is None or run is None:
-        return None
-    return supports, run

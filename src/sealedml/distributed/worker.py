@@ -14,32 +14,12 @@ seals another cannot unseal.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from sealedml.attestation.producers.simulated import (
-    CA_VALIDITY,
-    CLOCK_SKEW,
-    LEAF_CN,
-    LEAF_VALIDITY,
-    PLATFORM_CN,
-    STATE_FILE,
-    SimulatedPlatform,
-    _cert_pem,
-    _issue,
-    _key_pem,
-    _new_key,
-    _write_private,
-)
-from sealedml.errors import ConfigError, SealedMLError
+from sealedml.attestation.producers.simulated import SimulatedPlatform
+from sealedml.errors import SealedMLError
 
 __all__ = ["EnclaveWorker", "simulated_machine"]
 
@@ -49,68 +29,9 @@ MACHINES_DIR = "machines"
 def simulated_machine(root_dir: Path, machine_dir: Path) -> SimulatedPlatform:
     """Open (creating on first use) a simulated machine in ``machine_dir`` under ``root_dir``'s root.
 
-    Guarantees: the machine's chain ends at the same root certificate as the simulated platform in
-    ``root_dir`` (created there if absent); its platform CA key, report signer and 32-byte sealing
-    secret are its own, fixed once created (an existing machine is reopened unchanged, so what it
-    sealed stays readable after a worker restart). The root's private key is not copied. Raises
-    ``config.invalid`` if ``root_dir``'s state is unreadable.
+    See :meth:`SimulatedPlatform.open_machine`: same root, its own platform key and sealing secret.
     """
-    SimulatedPlatform.open(root_dir)
-    state_path = Path(machine_dir) / STATE_FILE
-    if not state_path.exists():
-        try:
-            root_state = json.loads((Path(root_dir) / STATE_FILE).read_bytes())
-            root = x509.load_pem_x509_certificate(root_state["root_certificate"].encode("ascii"))
-            root_key = serialization.load_pem_private_key(
-                root_state["root_key"].encode("ascii"), password=None
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(
-                "config.invalid", f"cannot read the simulated root in {root_dir}: {type(exc).__name__}"
-            ) from None
-        if not isinstance(root_key, ec.EllipticCurvePrivateKey):
-            raise ConfigError("config.invalid", "the simulated root key is not ECDSA P-384")
-        start = datetime.now(UTC).replace(microsecond=0) - CLOCK_SKEW
-        platform_key, leaf_key = _new_key(), _new_key()
-        platform = _issue(
-            subject_cn=PLATFORM_CN,
-            public_key=platform_key.public_key(),
-            issuer=root,
-            issuer_key=root_key,
-            ca=True,
-            path_length=0,
-            start=start,
-            validity=CA_VALIDITY,
-        )
-        leaf = _issue(
-            subject_cn=LEAF_CN,
-            public_key=leaf_key.public_key(),
-            issuer=platform,
-            issuer_key=platform_key,
-            ca=False,
-            path_length=None,
-            start=start,
-            validity=LEAF_VALIDITY,
-        )
-        state = {
-            "version": 1,
-            "warning": "SIMULATED TEE machine: these keys protect nothing from whoever can read this file",
-            "root_certificate": root_state["root_certificate"],
-            "platform_certificate": _cert_pem(platform),
-            "platform_key": _key_pem(platform_key),
-            "report_certificate": _cert_pem(leaf),
-            "report_key": _key_pem(leaf_key),
-            "sealing_secret": secrets.token_bytes(32).hex(),
-        }
-        Path(machine_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = _write_private(Path(machine_dir), json.dumps(state, indent=2).encode("utf-8"))
-        try:
-            os.link(tmp, state_path)  # atomic; another process that got there first wins
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    return SimulatedPlatform.open(Path(machine_dir))
+    return SimulatedPlatform.open_machine(Path(machine_dir), root_dir=Path(root_dir))
 
 
 def machine_dir(platform_dir: Path, slot: int) -> Path:

@@ -314,11 +314,14 @@ class EnclaveSupervisor:
         datasets: list[str],
         request: bytes,
         blobs: list[bytes],
+        *,
+        progress: Callable[[int, int], Awaitable[None] | None] | None = None,
     ) -> TrainResult:
         """Relay a sealed training job; the caller loaded its datasets first (:meth:`ensure_dataset`).
 
         A sealed ``train`` request is consumed when the enclave opens it, so it is never retried.
-        A published model counts as loaded in this instance afterwards.
+        A published model counts as loaded in this instance afterwards. One enclave trains in one
+        call, so ``progress`` (rounds of a data-parallel job, see the Ray pool) is never called.
         """
         result = await self._call(lambda c: c.train(model_id, client, job_id, datasets, request, blobs))
         if result.published:

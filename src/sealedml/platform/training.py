@@ -738,8 +738,29 @@ class TrainingService:
             material = await self._dataset_loader(dataset_id)()
             blobs.append(material.blob)
         await self._phase(job_id, "training")
+
+        async def on_round(done: int, rounds: int) -> None:
+            """Move the job's progress through the training share as data-parallel rounds finish."""
+            span = PROGRESS["storing"] - PROGRESS["training"]
+            await run_sync(
+                partial(
+                    self.store.set_state,
+                    job_id,
+                    status="running",
+                    phase="training",
+                    progress=PROGRESS["training"] + span * done // max(rounds, 1),
+                    expected=("running",),
+                )
+            )
+
         result = await self.enclave.train(
-            record.job.model_id, record.job.owner_id, job_id, record.dataset_ids, record.request, blobs
+            record.job.model_id,
+            record.job.owner_id,
+            job_id,
+            record.dataset_ids,
+            record.request,
+            blobs,
+            progress=on_round,
         )
         del blobs
         _check_result(record, result)

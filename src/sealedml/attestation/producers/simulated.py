@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -241,24 +241,70 @@ class SimulatedPlatform:
             os.replace(tmp, root_path)
         return platform
 
+    @classmethod
+    def open_machine(
+        cls, directory: Path, *, root_dir: Path, now: datetime | None = None
+    ) -> SimulatedPlatform:
+        """Open (creating on first use) another simulated *machine* under ``root_dir``'s root CA.
+
+        Guarantees: the machine's chain ends at the same root certificate as the simulated platform
+        in ``root_dir`` (created there if absent), so verifiers pinning that root accept its
+        evidence; its platform CA key, report signer and 32-byte sealing secret are its own and
+        fixed once created (what one machine seals, another cannot unseal; a reopened machine is
+        unchanged). The root's private key is not copied into the machine. Raises
+        ``config.invalid`` if either state file is unreadable or inconsistent.
+        """
+        now = _aware(now) if now is not None else datetime.now(UTC)
+        cls.open(root_dir, now=now)
+        directory = Path(directory)
+        state_path = directory / STATE_FILE
+        if not state_path.exists():
+            root_state = Path(root_dir) / STATE_FILE
+            try:
+                state = json.loads(root_state.read_bytes())
+                root = x509.load_pem_x509_certificate(state["root_certificate"].encode("ascii"))
+                root_key = serialization.load_pem_private_key(
+                    state["root_key"].encode("ascii"), password=None
+                )
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ConfigError(
+                    "config.invalid", f"cannot read the simulated root in {root_state}: {type(exc).__name__}"
+                ) from None
+            if not isinstance(root_key, ec.EllipticCurvePrivateKey):
+                raise ConfigError("config.invalid", "the simulated root key is not ECDSA P-384")
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            cls._create_state(state_path, now, root=(root, root_key))
+        return cls.open(directory, now=now)
+
     @staticmethod
-    def _create_state(state_path: Path, now: datetime) -> None:
+    def _create_state(
+        state_path: Path,
+        now: datetime,
+        *,
+        root: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+    ) -> None:
+        """Write a new platform state: with a fresh root CA (kept in the state), or under ``root``
+        (a machine of an existing simulated vendor; the root's private key is not written)."""
         start = now.replace(microsecond=0) - CLOCK_SKEW
-        root_key, platform_key, leaf_key = _new_key(), _new_key(), _new_key()
-        root = _issue(
-            subject_cn=ROOT_CN,
-            public_key=root_key.public_key(),
-            issuer=None,
-            issuer_key=root_key,
-            ca=True,
-            path_length=None,
-            start=start,
-            validity=CA_VALIDITY,
-        )
+        platform_key, leaf_key = _new_key(), _new_key()
+        if root is None:
+            root_key = _new_key()
+            root_certificate = _issue(
+                subject_cn=ROOT_CN,
+                public_key=root_key.public_key(),
+                issuer=None,
+                issuer_key=root_key,
+                ca=True,
+                path_length=None,
+                start=start,
+                validity=CA_VALIDITY,
+            )
+        else:
+            root_certificate, root_key = root
         platform = _issue(
             subject_cn=PLATFORM_CN,
             public_key=platform_key.public_key(),
-            issuer=root,
+            issuer=root_certificate,
             issuer_key=root_key,
             ca=True,
             path_length=0,
@@ -275,11 +321,14 @@ class SimulatedPlatform:
             start=start,
             validity=LEAF_VALIDITY,
         )
-        state = {
+        state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "warning": "SIMULATED TEE: these keys protect nothing from whoever can read this file",
-            "root_certificate": _cert_pem(root),
-            "root_key": _key_pem(root_key),
+            "root_certificate": _cert_pem(root_certificate),
+        }
+        if root is None:
+            state["root_key"] = _key_pem(root_key)
+        state |= {
             "platform_certificate": _cert_pem(platform),
             "platform_key": _key_pem(platform_key),
             "report_certificate": _cert_pem(leaf),
