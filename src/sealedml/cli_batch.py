@@ -55,7 +55,8 @@ def batch_predict(
                 console=err,
                 transient=True,
             ) as bar:
-                task = bar.add_task("sealing and scoring", total=total)
+                upload = bar.add_task("sealed and sent", total=total)
+                task = bar.add_task("scored and verified", total=total)
                 result = predict_batch(
                     client,
                     model,
@@ -64,6 +65,7 @@ def batch_predict(
                     shard_rows=shard_rows,
                     window=window,
                     progress=lambda done, _total: bar.update(task, completed=done),
+                    sent=lambda done, _total: bar.update(upload, completed=done),
                 )
         err.print(
             f"[bold green]done[/]: {result.rows} row(s) in {result.shards} sealed shard(s), "

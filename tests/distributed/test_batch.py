@@ -90,6 +90,7 @@ def test_batch_runs_through_a_single_enclave_without_ray(tmp_path, cancer):
         with owner:
             source = input_file(tmp_path, frame, features, 1_234, ".csv")
             seen: list[int] = []
+            uploaded: list[tuple[int, int]] = []
             result = predict_batch(
                 owner,
                 model_id,
@@ -98,9 +99,11 @@ def test_batch_runs_through_a_single_enclave_without_ray(tmp_path, cancer):
                 shard_rows=300,
                 window=2,
                 progress=lambda done, total: seen.append(done),
+                sent=lambda done, total: uploaded.append((done, total)),
             )
             assert result.rows == 1_234 and result.shards == 5 and len(set(result.job_ids)) == 5
             assert seen == [300, 600, 900, 1200, 1234]
+            assert uploaded == [(300, 1_234), (600, 1_234), (900, 1_234), (1200, 1_234), (1234, 1_234)]
             out = read_output(tmp_path / "out.csv")
             assert list(out["prediction"]) == list(expected_labels(model, source, features))
             assert {"p_0", "p_1"} <= set(out.columns)

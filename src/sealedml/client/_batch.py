@@ -118,6 +118,7 @@ def predict_batch(
     shard_rows: int = DEFAULT_SHARD_ROWS,
     window: int = DEFAULT_WINDOW,
     progress: Progress | None = None,
+    sent: Progress | None = None,
 ) -> BatchResult:
     """Predict on every row of ``source`` (CSV or Parquet) and write the predictions to ``output``.
 
@@ -125,7 +126,9 @@ def predict_batch(
     input row, in input order; every shard was readable only by the attested enclave, every answer
     only by this client, and every receipt was checked (signature by the attested key, request and
     response digests, job, row count, and the transparency log unless ``verify_ledger`` is off).
-    A failed shard raises its error after the shards before it were written.
+    A failed shard raises its error after the shards before it were written. ``sent(rows,
+    total)`` follows the rows sealed and uploaded, ``progress(rows, total)`` the rows whose
+    answers were verified and written (over HTTP/1.1 the answers start once the upload is done).
     """
     if shard_rows < 1 or window < 1:
         raise InputError("input.malformed", "shard_rows and window must be positive")
@@ -135,6 +138,7 @@ def predict_batch(
     total = count_rows(source)
 
     def shards() -> Iterator[bytes]:
+        uploaded = 0
         for index, frame in enumerate(iter_table(source, shard_rows)):
             features = select_features(frame, info.input_columns)
             body = payload.pack({"columns": list(info.input_columns)}, {"features": features})
@@ -154,6 +158,9 @@ def predict_batch(
                 )
             )
             yield encode_frame({"shard": index}, (sealed.envelope,))
+            uploaded += int(features.shape[0])
+            if sent is not None:
+                sent(uploaded, total)
 
     result = BatchResult(output=output)
     writer = _Writer(output)

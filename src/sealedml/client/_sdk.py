@@ -515,6 +515,7 @@ class SealedMLClient:
         shard_rows: int = _batch.DEFAULT_SHARD_ROWS,
         window: int = _batch.DEFAULT_WINDOW,
         progress: _batch.Progress | None = None,
+        sent: _batch.Progress | None = None,
     ) -> _batch.BatchResult:
         """Predict on every row of a CSV or Parquet file through the streaming batch endpoint.
 
@@ -522,10 +523,11 @@ class SealedMLClient:
         prediction row per input row, in input order, whether one enclave or a cluster of attested
         workers scored the shards; every shard was sealed to the attested enclave (or cluster key)
         and every shard's receipt was verified, ledger included. A failed shard raises its error
-        after the shards before it were written. ``progress(rows_done, total)`` follows each shard.
+        after the shards before it were written. ``progress(rows_done, total)`` follows the verified
+        answers, ``sent(rows_sent, total)`` the sealed upload.
         """
         return _batch.predict_batch(
-            self, model, source, output, shard_rows=shard_rows, window=window, progress=progress
+            self, model, source, output, shard_rows=shard_rows, window=window, progress=progress, sent=sent
         )
 
     # -- jobs -------------------------------------------------------------------------------------
