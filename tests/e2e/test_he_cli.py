@@ -139,6 +139,6 @@ def test_demo_he_runs_end_to_end(tmp_path: Path) -> None:
     rows, columns = results["models"]["logistic/rows"], results["models"]["logistic/columns"]
     assert rows["request_bytes"] * 10 < columns["request_bytes"]
     assert results["one_patient_ms"] > 0
-    assert results["training"]["accuracy"] >= results["training"]["sklearn_accuracy"] - 0.06
+    assert results["training"]["accuracy"] >= results["training"]["sklearn_accuracy"] - 0.02
     text = out.getvalue()
     assert "agree" in text and "encrypted training" in text and "ms/row" in text and "one patient" in text

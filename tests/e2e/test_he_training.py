@@ -43,7 +43,8 @@ def test_encrypted_training_matches_sklearn_and_is_owner_only(platform, unique, 
     clear = float(
         np.mean(reference.predict(scaler.transform(cancer.test[cancer.features])) == cancer.test["target"])
     )
-    assert accuracy >= clear - 0.06, (accuracy, clear)
+    # measured 0.974 against 0.982 (5 epochs, one test row of 114); margin: one more row
+    assert accuracy >= clear - 0.02, (accuracy, clear)
 
     # Another account can neither see, use nor delete the dataset.
     before = _blobs(platform)

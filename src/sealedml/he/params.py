@@ -141,11 +141,11 @@ def check_params(params: HEParams) -> None:
 
 #: Named parameter sets. ``linear`` evaluates linear/logistic models (depth 1 used, 2 available),
 #: ``mlp`` a two-layer network with a quadratic activation (depth 3), ``train`` one step of
-#: encrypted logistic-regression training with a degree-3 sigmoid (depth 4).
+#: encrypted logistic-regression training with a degree-7 sigmoid (depth 5: 216 of 218 bits).
 PRESETS: dict[str, HEParams] = {
     "linear": HEParams(8192, (60, 40, 40, 60), 40),
     "mlp": HEParams(16384, (60, 40, 40, 40, 60), 40),
-    "train": HEParams(8192, (40, 30, 30, 30, 30, 40), 30),
+    "train": HEParams(8192, (38, 28, 28, 28, 28, 28, 38), 28),
 }
 
 

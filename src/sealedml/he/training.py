@@ -1,18 +1,20 @@
 """Encrypted logistic-regression training, client-aided (as in TenSEAL's tutorial) but column-packed.
 
 The data owner encrypts its (scaled) feature columns, a ones column for the bias, and the labels
-once (``he-train-data``). Each epoch the owner sends its current weights encrypted, each weight
-broadcast to every slot (``he-train-weights``); the server computes, on ciphertexts only,
-``z = Σ_j w_j ⊙ X_j``, the degree-3 sigmoid approximation ``sigma~(z) = 0.5 + 0.15012 z - 0.001593 z³``
-(least-squares on [-8, 8]), ``e = sigma~(z) - y`` and ``g_j = e ⊙ X_j``, summed over row groups
-(``he-train-gradient``). The owner decrypts, sums over rows, updates the weights in the clear and
-re-encrypts them. The server sees only ciphertexts and their sizes; the owner sees its own
+once (``he-train-data``). Each epoch the owner sends weights encrypted, each weight divided by
+``SIGMOID_RANGE`` and broadcast to every slot (``he-train-weights``); the server computes, on
+ciphertexts only, ``u = Σ_j v_j ⊙ X_j`` (``u = z / SIGMOID_RANGE``), the degree-7 sigmoid
+approximation ``sigma~(z) = p(u)`` with ``p`` = :data:`SIGMOID_POLY` (least squares on
+``z ∈ [-20, 20]``), ``e = sigma~ - y`` and ``g_j = e ⊙ X_j``, summed over row groups
+(``he-train-gradient``, 5 levels). The owner decrypts, sums over rows, takes a Nesterov step in the
+clear and re-encrypts. The server sees only ciphertexts and their sizes; the owner sees its own
 per-row gradient terms and weights (its own data).
 
-Numerical honesty: sigma~ is only a sigmoid on [-8, 8]. The owner therefore (a) standardizes its
-features with its own statistics, clips them at ±3 standard deviations and divides by 3 (so every
-value is in [-1, 1]) and (b) after each update rescales the weights so that no logit of its own
-rows leaves [-8, 8] (computed on its plaintext rows; rescaling never changes a predicted label).
+Numerical honesty: sigma~ is only a sigmoid on [-20, 20] (within 0.144 of it there) and diverges
+outside. The owner therefore (a) standardizes its features with its own statistics, clips them at
+±3 standard deviations and divides by 3 (so every value is in [-1, 1]) and (b) rescales every
+point it sends (and every iterate) so that no logit of its own rows leaves [-20, 20] (computed on
+its plaintext rows; rescaling never changes a predicted label).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sealedml.he.wire import HEMessage, decode_message, encode_message
 
 __all__ = [
     "SIGMOID_POLY",
+    "SIGMOID_RANGE",
     "TRAIN_LIMITS",
     "EncryptedLogisticRegression",
     "TrainingScaler",
@@ -41,11 +44,14 @@ __all__ = [
 
 #: Limits of one encrypted training set (documented in docs/he.md).
 TRAIN_LIMITS: dict[str, int] = {"rows": 16384, "features": 64}
-#: sigma(z) ≈ c0 + c1 z + c3 z³, least squares on [-8, 8].
-SIGMOID_POLY: tuple[float, float, float] = (0.5, 0.15012, -0.001593)
-#: Multiplicative levels one gradient step consumes.
-TRAIN_DEPTH = 4
-_LOGIT_BOUND = 8.0
+#: The logit range on which the sigmoid approximation holds; the owner keeps every logit inside.
+SIGMOID_RANGE = 20.0
+#: sigma(z) ≈ p(z / SIGMOID_RANGE): coefficients of u^0..u^7 (low to high, even terms zero but
+#: the constant), the odd least-squares fit of sigma(20 u) - 1/2 on 4001 even-spaced u in [-1, 1].
+#: Max error 0.144 on [-20, 20]. In the unit variable every power stays in [-1, 1].
+SIGMOID_POLY: tuple[float, ...] = (0.5, 2.453019, 0.0, -8.324958, 0.0, 12.556943, 0.0, -6.287048)
+#: Multiplicative levels one gradient step consumes (x·v, u², u⁴, u³·u⁴ with the constant, e·x).
+TRAIN_DEPTH = 5
 _CLIP = 3.0
 
 
@@ -124,11 +130,21 @@ def _check_shape(message: HEMessage, *, count: int, what: str) -> None:
         )
 
 
+def _sigmoid_poly(u: Any) -> Any:
+    """Evaluate SIGMOID_POLY at the CKKS vector ``u`` (level l) using 3 more levels (result at l+3)."""
+    _, a1, _, a3, _, a5, _, a7 = SIGMOID_POLY
+    u2 = u.square()
+    u4 = u2.square()
+    odd = (u * a7) * u2 * u4 + (u * a5) * u4 + (u * a3) * u2 + u * a1
+    return odd + SIGMOID_POLY[0]
+
+
 def gradient_step(context: PublicContext, data: bytes, weights: bytes, *, max_bytes: int) -> bytes:
     """Server side of one epoch: encrypted data and weights in, encrypted per-slot gradients out.
 
     Guarantees: only ciphertext operations with the public context; the result holds ``features+1``
-    vectors whose slot sums are ``Σ_rows (sigma~(x·w) - y) x_j`` (the bias last). Errors:
+    vectors whose slot sums are ``Σ_rows (p(x·v) - y) x_j`` (the bias last), where ``v`` are the
+    sent weights and ``p`` is :data:`SIGMOID_POLY`. Errors:
     ``he.context_mismatch``, ``he.shape_mismatch``, ``he.depth_exceeded``, ``he.ciphertext_invalid``,
     wire errors and ``input.too_large``.
     """
@@ -164,7 +180,6 @@ def gradient_step(context: PublicContext, data: bytes, weights: bytes, *, max_by
     if not context.has_relin_keys:
         raise HEError("he.context_invalid", "encrypted training needs relinearization keys")
     w = [load_vector(context, ct, size=size, index=i) for i, ct in enumerate(step.ciphertexts)]
-    c0, c1, c3 = SIGMOID_POLY
     total: list[Any] = []
     try:
         for g in range(groups):
@@ -174,11 +189,10 @@ def gradient_step(context: PublicContext, data: bytes, weights: bytes, *, max_by
                 for j in range(width + 2)
             ]
             x, y = cols[: width + 1], cols[width + 1]
-            z = x[0] * w[0]
+            u = x[0] * w[0]
             for j in range(1, width + 1):
-                z = z + x[j] * w[j]
-            sigma = z.square() * (z * c3) + z * c1 + c0
-            error = sigma - y
+                u = u + x[j] * w[j]
+            error = _sigmoid_poly(u) - y
             grads = [error * xj for xj in x]
             total = grads if not total else [a + b for a, b in zip(total, grads, strict=True)]
     except (ValueError, RuntimeError) as exc:
@@ -194,17 +208,43 @@ def gradient_step(context: PublicContext, data: bytes, weights: bytes, *, max_by
 class EncryptedLogisticRegression:
     """Client side of encrypted training: holds the keys and the weights, never sends them in clear.
 
+    Optimizer: Nesterov accelerated gradient on the owner's side (``momentum`` 0 gives plain
+    gradient descent); the server evaluates every gradient at the look-ahead point. Every point sent
+    and every iterate keeps all logits of the owner's rows within ``SIGMOID_RANGE``.
+
     Guarantees after :meth:`fit`: ``coef_`` and ``intercept_`` are in the RAW feature space (the
     owner-side scaling is folded in), so ``features @ coef_ + intercept_ > 0`` predicts class 1.
+    Raises ``input.malformed`` at construction for a non-positive ``epochs`` or ``learning_rate``,
+    a ``momentum`` outside [0, 1) or a negative ``l2``.
     """
 
     def __init__(
-        self, keys: HEKeys, *, epochs: int = 10, learning_rate: float = 4.0, l2: float = 0.0
+        self,
+        keys: HEKeys,
+        *,
+        epochs: int = 10,
+        learning_rate: float = 10.0,
+        l2: float = 0.0,
+        momentum: float = 0.8,
     ) -> None:
+        if not (
+            int(epochs) >= 1
+            and math.isfinite(learning_rate)
+            and learning_rate > 0
+            and 0.0 <= momentum < 1.0
+            and math.isfinite(l2)
+            and l2 >= 0
+        ):
+            raise InputError(
+                "input.malformed",
+                f"training options epochs={epochs}, learning_rate={learning_rate}, momentum={momentum}, "
+                f"l2={l2}: need epochs >= 1, learning_rate > 0, 0 <= momentum < 1 and l2 >= 0",
+            )
         self.keys = keys
-        self.epochs = epochs
-        self.learning_rate = learning_rate
-        self.l2 = l2
+        self.epochs = int(epochs)
+        self.learning_rate = float(learning_rate)
+        self.l2 = float(l2)
+        self.momentum = float(momentum)
         self.coef_: np.ndarray = np.zeros(0)
         self.intercept_: float = 0.0
         self.history_: list[float] = []
@@ -222,21 +262,28 @@ class EncryptedLogisticRegression:
 
         ``features``/``labels`` are the owner's own plaintext rows (the same ones it encrypted with
         :func:`encrypt_training_data`); they fix the shapes, the scaling, and the logit bound.
+        Exactly one ``step`` call per epoch.
         """
         x, _ = _check_training_set(features, labels)
         scaler = TrainingScaler.fit(x)
         design = np.column_stack([scaler.transform(x), np.ones(x.shape[0])])
         rows, width = x.shape
         size, _ = _layout(rows, self.keys.params.slots)
+
+        def bounded(weights: np.ndarray) -> np.ndarray:
+            largest = float(np.abs(design @ weights).max())
+            return weights * (SIGMOID_RANGE / largest) if largest > SIGMOID_RANGE else weights
+
         w = np.zeros(width + 1)
+        previous = w
         self.history_ = []
-        for epoch in range(int(self.epochs)):
+        for epoch in range(self.epochs):
+            look = bounded(w + self.momentum * (w - previous))
             header: dict[str, Any] = {"context": self.keys.fingerprint, "rows": rows, "features": width}
             if data_id is not None:
                 header["data"] = data_id
-            message = encode_message(
-                "he-train-weights", header, [self.keys.encrypt_vector(np.full(size, v)) for v in w]
-            )
+            sent = [self.keys.encrypt_vector(np.full(size, v / SIGMOID_RANGE)) for v in look]
+            message = encode_message("he-train-weights", header, sent)
             answer = decode_message(step(message), expected_kind="he-train-gradient", max_bytes=2**31)
             if answer.context != self.keys.fingerprint:
                 raise HEError("he.context_mismatch", "the gradient is under another context")
@@ -247,14 +294,11 @@ class EncryptedLogisticRegression:
                 )
                 / rows
             )
-            penalty = self.l2 * np.append(w[:width], 0.0)
-            w = w - self.learning_rate * (gradient + penalty)
-            bound = float(np.abs(design @ w).max())
-            if bound > _LOGIT_BOUND:
-                w = w * (_LOGIT_BOUND / bound)
+            penalty = self.l2 * np.append(look[:width], 0.0)
+            previous, w = w, bounded(look - self.learning_rate * (gradient + penalty))
             self.history_.append(float(np.linalg.norm(gradient)))
             if progress is not None:
-                progress(epoch + 1, int(self.epochs))
+                progress(epoch + 1, self.epochs)
         self.coef_ = w[:width] / scaler.scale
         self.intercept_ = float(w[width] - self.coef_ @ scaler.mean)
         return self
