@@ -720,7 +720,7 @@ def receipt_verify(
 # -- demo -----------------------------------------------------------------------------------------
 
 demo_app = typer.Typer(
-    help="Run a showcase end to end on loopback: inference (default), genomics or heart.",
+    help="Run a showcase end to end on loopback: inference (default), genomics, heart, he or ray.",
     invoke_without_command=True,
 )
 app.add_typer(demo_app, name="demo")
@@ -772,6 +772,19 @@ def demo_he(
     from sealedml.demo_he import run_he_demo
 
     _run(lambda: run_he_demo(err, data_dir))
+
+
+@demo_app.command("ray")
+def demo_ray(
+    data_dir: Annotated[Path | None, typer.Option(help="Keep the demo's server state here.")] = None,
+    workers: Annotated[int, typer.Option(help="Attested enclave workers (Ray actors).")] = 3,
+    rows: Annotated[int, typer.Option(help="Rows in the sealed batch prediction.")] = 200_000,
+) -> None:
+    """Scale out on Ray: attested enclave workers, a sharded batch surviving a killed worker,
+    and data-parallel training."""
+    from sealedml.demo_ray import run_ray_demo
+
+    _run(lambda: run_ray_demo(err, data_dir, workers=workers, rows=rows))
 
 
 def _register_subcommands() -> None:

@@ -239,6 +239,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "cluster.challenge_unknown": 409,
     "cluster.worker_lost": 503,
     "cluster.no_workers": 503,
+    "cluster.unreachable": 503,
 }
 
 HINTS: dict[str, str] = {
@@ -388,6 +389,10 @@ HINTS: dict[str, str] = {
     ),
     "cluster.worker_lost": (
         "an enclave worker (Ray actor) died; the platform replaces it and retries the shard"
+    ),
+    "cluster.unreachable": (
+        "start the Ray head first (`ray start --head --port ...`) and pass its HOST:PORT; on a cluster "
+        "with token authentication, export RAY_AUTH_MODE=token and the token before `sealedml serve`"
     ),
     "cluster.no_workers": (
         "no worker passed attestation, or every worker was lost: check the rejected workers in the log "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sealedml.attestation.evidence.bundle import EvidenceBundle
 from sealedml.attestation.verifier import verify_evidence
 from sealedml.distributed.worker import EnclaveWorker, machine_dir
-from sealedml.errors import ClusterError, EnclaveError, SealedMLError, error_from_dict
+from sealedml.errors import ClusterError, ConfigError, EnclaveError, SealedMLError, error_from_dict
 
 if TYPE_CHECKING:
     from sealedml.attestation.policy import AppraisalPolicy
@@ -38,6 +39,57 @@ ModelSource = Callable[[str], Awaitable[tuple[bytes, dict[str, int]] | None]]
 
 LOST_CODES = frozenset({"cluster.worker_lost", "enclave.unavailable"})
 """Error codes meaning the worker (actor or enclave process) is gone and must be replaced."""
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a Ray cluster's GCS port to accept a connection before giving up."""
+
+
+def connect_ray(address: str) -> None:
+    """Connect this process to the running Ray cluster at ``address`` (``host:port`` or ``auto``).
+
+    Guarantees: returns connected, or raises within about ``CONNECT_TIMEOUT`` seconds for an
+    address nothing listens on (``cluster.unreachable``; Ray itself would wait for minutes) and
+    after Ray's own retries for a cluster that refuses this process (``cluster.unreachable``,
+    naming token authentication when that is the cause); ``config.invalid`` for a malformed address.
+    """
+    import ray
+    import ray.exceptions
+
+    host, sep, port = address.rpartition(":")
+    if sep and "://" not in address:
+        if not port.isdigit() or not host:
+            raise ConfigError("config.invalid", f"--ray {address!r} is not 'local', 'auto' or host:port")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
+                pass
+        except OSError as exc:
+            raise ClusterError(
+                "cluster.unreachable",
+                f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}): check the "
+                f"address, or start one there with `ray start --head --port {port}`",
+            ) from None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except ValueError as exc:
+        raise ConfigError("config.invalid", f"--ray {address!r} is not a Ray address: {exc}") from None
+    except (ConnectionError, ray.exceptions.RayError) as exc:
+        chain: list[BaseException] = [exc]
+        while len(chain) < 16 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        # Ray reports a refused token as an AuthenticationError, or as its text inside a RuntimeError.
+        if any(
+            isinstance(link, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(link)
+            for link in chain
+        ):
+            raise ClusterError(
+                "cluster.unreachable",
+                f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token and "
+                "its token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) in the environment "
+                "of this process before it starts",
+            ) from None
+        raise ClusterError(
+            "cluster.unreachable", f"could not join the Ray cluster at {address}: {exc}"
+        ) from None
 
 
 @dataclass
@@ -160,7 +212,7 @@ class EnclaveCluster:
             if address == "local":
                 ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
             else:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                connect_ray(address)
             owns = True
         cluster = cls(
             policy=policy,
