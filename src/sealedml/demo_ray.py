@@ -10,15 +10,12 @@ by round, and the receipt is checked and found in the transparency log.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,43 +45,6 @@ def _other_build(workdir: Path) -> Path:
     runtime = target / "sealedml" / "enclave" / "runtime.py"
     runtime.write_text(runtime.read_text() + "\n# another build of the enclave (demo)\n")
     return target
-
-
-@contextlib.contextmanager
-def _ray_platform(settings: Any, workers: int, other_build: Path | None) -> Iterator[Any]:
-    """The platform on an enclave cluster (as ``sealedml serve --ray local``), with the last slot
-    running ``other_build`` when given. Yields the running BackgroundServer; stops every worker."""
-    from sealedml.distributed.cluster import EnclaveCluster
-    from sealedml.distributed.pool import RayEnclavePool
-    from sealedml.platform.app import create_app
-    from sealedml.platform.launch import simulated_platform_dir
-    from sealedml.platform.server import BackgroundServer
-
-    env = {f"worker-{workers - 1}": {"PYTHONPATH": str(other_build)}} if other_build else None
-    cluster = asyncio.run(
-        EnclaveCluster.start(
-            workers=workers,
-            address="local",
-            tee=settings.tee,
-            platform_dir=simulated_platform_dir(settings),
-            policy=settings.appraisal_policy(),
-            enclave_workers=1,
-            worker_env=env,
-        )
-    )
-    try:
-        pool = RayEnclavePool(cluster, hello_ttl=settings.hello_ttl_seconds)
-        app = create_app(settings, None, supervisor=pool)  # type: ignore[arg-type]
-
-        def spec_of(job_id: str) -> dict[str, Any] | None:
-            record = app.state.training.store.get_job(job_id)
-            return None if record is None else dict(record.spec)
-
-        pool.spec_lookup = spec_of
-        with BackgroundServer(app) as server:
-            yield server
-    finally:
-        asyncio.run(cluster.close())
 
 
 def _cancer() -> tuple[Any, list[str]]:
@@ -125,7 +85,7 @@ def run_ray_demo(
     from sealedml.client import SealedMLClient, from_estimator
     from sealedml.client._batch import predict_batch
     from sealedml.client._training import public_hex
-    from sealedml.platform.launch import simulated_platform_dir
+    from sealedml.platform.launch import platform_in_background, simulated_platform_dir
     from sealedml.platform.settings import Settings
 
     started = time.perf_counter()
@@ -150,7 +110,11 @@ def run_ray_demo(
     other = _other_build(workdir) if reject_other_build else None
     total = workers + (1 if other else 0)
     launched = time.perf_counter()
-    with _ray_platform(settings, total, other) as server:
+    # The last slot runs the other build, when there is one: its attestation must fail.
+    worker_env = {f"worker-{total - 1}": {"PYTHONPATH": str(other)}} if other else None
+    with platform_in_background(
+        dataclasses.replace(settings, ray="local", ray_workers=total), workers=1, worker_env=worker_env
+    ) as server:
         pool = server.app.state.service.enclave
         cluster = pool.cluster
         console.rule(f"1. the coordinator starts {total} workers on a local Ray runtime and attests each one")
@@ -248,7 +212,7 @@ def run_ray_demo(
                 others = [w for w in cluster.workers if w.slot != cluster.seed.slot]
                 if not others:
                     return
-                busy = [w for w in others if pool._busy.get(w.slot)]
+                busy = [w for w in others if pool.in_flight(w.slot)]
                 victim = (busy or others)[0]
                 killed.append(victim.name)
                 ray.kill(victim.actor, no_restart=True)

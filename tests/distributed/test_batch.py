@@ -129,7 +129,7 @@ def test_batch_on_ray_workers_survives_a_killed_worker_and_bills_each_shard_once
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 if pool.completed >= 5:
-                    busy = [w for w in pool.cluster.workers if w.slot == 1 and pool._busy.get(w.slot)]
+                    busy = [w for w in pool.cluster.workers if w.slot == 1 and pool.in_flight(w.slot)]
                     if busy:
                         killed.append(busy[0].name)
                         ray.kill(busy[0].actor, no_restart=True)
@@ -188,7 +188,7 @@ def test_a_million_rows_on_three_workers_with_two_killed(tmp_path, cancer):
             while time.monotonic() < deadline:
                 if pool.completed >= after:
                     target = next((w for w in pool.cluster.workers if w.slot == slot), None)
-                    if target is not None and pool._busy.get(slot):
+                    if target is not None and pool.in_flight(slot):
                         killed.append(target.name)
                         ray.kill(target.actor, no_restart=True)
                         return

@@ -84,6 +84,10 @@ class RayEnclavePool:
 
     # -- workers ----------------------------------------------------------------------------------
 
+    def in_flight(self, slot: int) -> int:
+        """How many requests the worker in ``slot`` is running now (0 for an idle or unknown slot)."""
+        return self._busy.get(slot, 0)
+
     @property
     def primary(self) -> WorkerHandle:
         """The worker that holds datasets and approvals (the lowest live slot)."""

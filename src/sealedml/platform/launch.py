@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from sealedml.errors import ConfigError
 from sealedml.platform.app import create_app
 from sealedml.platform.enclave_manager import EnclaveSupervisor
 from sealedml.platform.server import BackgroundServer, serve_app
@@ -51,7 +52,9 @@ def _job_spec(app: FastAPI, job_id: str) -> dict[str, Any] | None:
 
 
 @contextmanager
-def _ray_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
+def _ray_app(
+    settings: Settings, workers: int, worker_env: Mapping[str, Mapping[str, str]] | None = None
+) -> Iterator[FastAPI]:
     """Start the enclave cluster on Ray and build the app on its pool; stop the workers on exit."""
     from sealedml.distributed.cluster import EnclaveCluster
     from sealedml.distributed.pool import RayEnclavePool
@@ -67,6 +70,7 @@ def _ray_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
             policy=settings.appraisal_policy(),
             enclave_workers=workers,
             command=settings.enclave_command or None,
+            worker_env=worker_env,
         )
     )
     try:
@@ -79,12 +83,16 @@ def _ray_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
 
 
 @contextmanager
-def _platform_app(settings: Settings, workers: int) -> Iterator[FastAPI]:
+def _platform_app(
+    settings: Settings, workers: int, worker_env: Mapping[str, Mapping[str, str]] | None = None
+) -> Iterator[FastAPI]:
     """Launch the enclave on ``settings.tee`` and build the app on it; stop the enclave on exit."""
     if settings.ray:
-        with _ray_app(settings, workers) as app:
+        with _ray_app(settings, workers, worker_env) as app:
             yield app
         return
+    if worker_env:
+        raise ConfigError("config.invalid", "worker environments are for enclave workers on Ray (--ray)")
     from sealedml.tee.launcher import launch_enclave
 
     relaunch = partial(
@@ -120,11 +128,18 @@ def run_platform(settings: Settings, *, workers: int = 4) -> None:
 
 
 @contextmanager
-def platform_in_background(settings: Settings, *, workers: int = 4) -> Iterator[BackgroundServer]:
+def platform_in_background(
+    settings: Settings,
+    *,
+    workers: int = 4,
+    worker_env: Mapping[str, Mapping[str, str]] | None = None,
+) -> Iterator[BackgroundServer]:
     """Run the platform with a simulated enclave on a free loopback port for the block's duration.
 
     Yields the running :class:`BackgroundServer` (``.url``; ``.app.state.service`` for tests).
-    On exit the server stops and the current enclave process is closed.
+    On exit the server stops and the current enclave process is closed. With ``settings.ray``,
+    ``worker_env`` gives named enclave workers extra environment variables (e.g. ``PYTHONPATH``
+    of another build, to show that its attestation fails).
     """
-    with _platform_app(settings, workers) as app, BackgroundServer(app) as server:
+    with _platform_app(settings, workers, worker_env) as app, BackgroundServer(app) as server:
         yield server
