@@ -63,12 +63,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sealedml.crypto.envelope import Kind, encode_prefix, hex_field, parse
 from sealedml.crypto.envelope import field as envelope_field
-from sealedml.crypto.request import seal_request, seal_response
-from sealedml.crypto.sealing import seal
+from sealedml.crypto.request import seal_request
 from sealedml.enclave import payload
 from sealedml.errors import CryptoError, EnclaveError, InputError, ModelError, RequestError
 from sealedml.training_spec import (
-    MAX_DATASETS,
     JobSpec,
     loads_json,
     parse_job_spec_json,
@@ -78,7 +76,7 @@ from sealedml.training_spec import (
 if TYPE_CHECKING:
     from sealedml.enclave.datasets import DatasetState, DatasetTable, TrainingLimits
     from sealedml.enclave.runtime import Enclave, Reply
-    from sealedml.enclave.training import PhaseLog
+    from sealedml.enclave.training import PhaseLog, TrainedModel
 
 PARALLEL_ALGORITHMS = ("logistic_regression", "mlp")
 """Algorithms with a data-parallel implementation; everything else trains in one enclave."""
@@ -379,16 +377,6 @@ def _int(header: dict[str, Any], name: str, low: int, high: int) -> int:
     return value
 
 
-def _budget(state: DatasetState) -> dict[str, Any]:
-    return {
-        "dataset": state.dataset_id,
-        "generation": state.generation,
-        "epsilon_spent": state.epsilon_spent,
-        "epsilon_total": state.config.epsilon_total,
-        "epsilon_remaining": state.epsilon_remaining,
-    }
-
-
 def _unknown_job(token: str) -> RequestError:
     return RequestError(
         "request.ptrain_unknown",
@@ -544,22 +532,7 @@ def _begin(enclave: Enclave, header: dict[str, Any], parts: list[bytes]) -> Repl
 
     model_id, client, job_id = _str(header, "model"), _str(header, "client"), _str(header, "job")
     shards = _int(header, "shards", 1, MAX_SHARDS)
-    routed = header.get("datasets")
-    if (
-        not isinstance(routed, list)
-        or not 0 < len(routed) <= MAX_DATASETS
-        or not all(isinstance(d, str) for d in routed)
-    ):
-        raise EnclaveError("enclave.protocol", "frame field 'datasets' must list the job's dataset ids")
-    if len(parts) != 1 + len(routed):
-        raise EnclaveError("enclave.protocol", f"expected {1 + len(routed)} binary parts, got {len(parts)}")
-    request, blobs = parts[0], parts[1:]
-    opened = enclave._open(request, op="train", model_id=model_id)
-    spec = parse_job_spec_json(opened.payload)
-    if spec.model != model_id or list(spec.datasets) != routed:
-        raise RequestError(
-            "request.invalid", "the host routed another model id or other datasets than the sealed spec names"
-        )
+    opened, spec, request, blobs = enclave._open_train(model_id, header, parts)
     if not supports_data_parallel(spec.algorithm, spec.params, dp_epsilon=spec.dp_epsilon):
         raise InputError(
             "input.parallel_unsupported",
@@ -870,11 +843,9 @@ def _normalised(probabilities: np.ndarray) -> np.ndarray:
     return full / np.where(sums > 0, sums, 1.0)
 
 
-def _finish(enclave: Enclave, job: _Job) -> Reply:
+def _trained_model(job: _Job) -> TrainedModel:
+    """Export the averaged model to ONNX (parity-checked) and evaluate it on the validation rows."""
     from sealedml.enclave import training
-    from sealedml.enclave.models import ModelConfig, OutputPolicy, load_model
-    from sealedml.enclave.receipts import build_train_receipt
-    from sealedml.enclave.runtime import Reply
 
     spec, log = job.spec, job.log
     log.phases.append(training.Phase("training", time.perf_counter() - job.training_started))
@@ -901,98 +872,13 @@ def _finish(enclave: Enclave, job: _Job) -> Reply:
         "rounds": job.schedule.rounds,
         "local_epochs": job.schedule.local_epochs,
     }
-    trained = training.TrainedModel(
+    return training.TrainedModel(
         onnx_bytes=onnx_bytes,
         model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
         feature_columns=job.features,
         classes=job.classes,
         metrics=metrics,
         epsilon_spent=None,
-    )
-    packaged = training.package_model(trained, spec, job.digest, log)
-    loaded = None
-    sealed_config = b""
-    if spec.publish:
-        config = ModelConfig(
-            model_key=packaged.model_key,
-            model_blob_sha256=packaged.model_blob_sha256,
-            input_columns=trained.feature_columns,
-            output_policy=OutputPolicy.from_dict(spec.serving.get("output_policy")),
-            query_budget=spec.serving.get("query_budget"),
-        )
-        loaded = load_model(spec.model, config, onnx_bytes)
-        sealed_config = seal(
-            platform_secret=enclave._platform.sealing_secret,
-            measurement=enclave.measurement,
-            label=f"model:{spec.model}",
-            plaintext=config.to_json(),
-        )
-    updated = enclave._commit_job(spec, job.digest, job.states, loaded)
-    budgets = [_budget(s) for s in updated]
-    phases = [p.to_dict() for p in log.phases]
-    answer = json.dumps(
-        {
-            "job": job.job,
-            "model": spec.model,
-            "spec_sha256": job.digest,
-            "model_sha256": trained.model_sha256,
-            "model_blob_sha256": packaged.model_blob_sha256,
-            "feature_columns": list(trained.feature_columns),
-            "metrics": metrics,
-            "phases": phases,
-            "recipients": list(spec.recipients),
-            "published": spec.publish,
-            "epsilon_spent": None,
-            "datasets": budgets,
-        },
-        allow_nan=False,
-    ).encode()
-    response = seal_response(response_key=job.response_key, request_id=job.request_id, payload=answer)
-    receipt, signature = build_train_receipt(
-        enclave._signer,
-        job=job.job,
-        request_id=job.request_id,
-        model_id=spec.model,
-        model_sha256=trained.model_sha256,
-        model_blob_sha256=packaged.model_blob_sha256,
-        spec_sha256=job.digest,
-        datasets=[
-            {**budget, "blob_sha256": s.config.dataset_blob_sha256}
-            for budget, s in zip(budgets, updated, strict=True)
-        ],
-        recipients=list(spec.recipients),
-        published=spec.publish,
-        metrics=metrics,
-        epsilon_spent=None,
-        request=job.request,
-        response=response,
-        client=job.client,
-        measurement=enclave.measurement,
-        tee=enclave._platform.tee,
-        issued_at=int(enclave._clock()),
-    )
-    layout = ["model_blob", "response"]
-    out_parts = [packaged.blob, response]
-    if spec.publish:
-        layout.append("model_config")
-        out_parts.append(sealed_config)
-    return Reply(
-        {
-            "model": spec.model,
-            "job": job.job,
-            "spec_sha256": job.digest,
-            "model_sha256": trained.model_sha256,
-            "model_blob_sha256": packaged.model_blob_sha256,
-            "published": spec.publish,
-            "grants": [{"recipient": r, "grant": g.hex()} for r, g in packaged.grants],
-            "phases": phases,
-            "datasets": budgets,
-            "receipt": receipt,
-            "signature": signature,
-            "layout": layout,
-            "done": True,
-        },
-        tuple(out_parts),
     )
 
 
@@ -1032,10 +918,24 @@ def _aggregate(enclave: Enclave, header: dict[str, Any], parts: list[bytes]) -> 
         with state.lock:
             state.jobs.pop(token, None)
         try:
-            return _finish(enclave, job)
+            trained = _trained_model(job)
         except BaseException:
             enclave._abort_job(job.spec, job.digest)
             raise
+        # packages, publishes and commits exactly as single-enclave training does (same reply)
+        final = enclave._finish_training(
+            spec=job.spec,
+            digest=job.digest,
+            states=job.states,
+            trained=trained,
+            log=job.log,
+            job=job.job,
+            client=job.client,
+            request=job.request,
+            request_id=job.request_id,
+            response_key=job.response_key,
+        )
+        return Reply({**final.header, "done": True}, final.parts)
 
 
 def _abort(enclave: Enclave, header: dict[str, Any], parts: list[bytes]) -> Reply:

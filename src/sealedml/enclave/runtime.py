@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from sealedml.attestation.evidence.bundle import EvidenceBundle
 from sealedml.attestation.report_data import bind_report_data
@@ -54,6 +54,9 @@ from sealedml.training_spec import (
     parse_job_spec_json,
     spec_digest,
 )
+
+if TYPE_CHECKING:
+    from sealedml.enclave.training import PhaseLog, TrainedModel
 
 MODEL_CONTENT_TYPE = "model/onnx"
 REQUEST_WINDOW_SECONDS = 600
@@ -647,8 +650,15 @@ class Enclave:
                     del self._finished[key]
         return updated
 
-    def _train(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
-        model_id, client, job = _str(header, "model"), _str(header, "client"), _str(header, "job")
+    def _open_train(
+        self, model_id: str, header: dict[str, Any], parts: list[bytes]
+    ) -> tuple[OpenedRequest, JobSpec, bytes, list[bytes]]:
+        """Open the sealed ``train`` request of ``train`` or ``ptrain_begin`` and check the host's routing.
+
+        Guarantees: the request is fresh, used once and sealed for op ``train`` and ``model_id``; the
+        host routed exactly the model and the datasets (in order) its sealed spec names, one blob per
+        dataset. Returns the opened request, its spec, the request envelope and the dataset blobs.
+        """
         routed = header.get("datasets")
         if (
             not isinstance(routed, list)
@@ -668,6 +678,11 @@ class Enclave:
                 "request.invalid",
                 "the host routed another model id or other datasets than the sealed spec names",
             )
+        return opened, spec, request, blobs
+
+    def _train(self, header: dict[str, Any], parts: list[bytes]) -> Reply:
+        model_id, client, job = _str(header, "model"), _str(header, "client"), _str(header, "job")
+        opened, spec, request, blobs = self._open_train(model_id, header, parts)
         digest = spec_digest(spec)
 
         from sealedml.enclave import training  # the ML stack loads with the first job
@@ -677,6 +692,49 @@ class Enclave:
         log = training.PhaseLog(None if progress is None else (lambda phase: progress(job, phase)))
         try:
             trained = training.train_job(spec, states, blobs, self._limits, log)
+        except BaseException:
+            self._abort_job(spec, digest)
+            raise
+        return self._finish_training(
+            spec=spec,
+            digest=digest,
+            states=states,
+            trained=trained,
+            log=log,
+            job=job,
+            client=client,
+            request=request,
+            request_id=opened.header.request_id,
+            response_key=opened.response_key,
+        )
+
+    def _finish_training(
+        self,
+        *,
+        spec: JobSpec,
+        digest: str,
+        states: list[DatasetState],
+        trained: TrainedModel,
+        log: PhaseLog,
+        job: str,
+        client: str,
+        request: bytes,
+        request_id: str,
+        response_key: bytes,
+    ) -> Reply:
+        """Package, publish and commit a job begun with :meth:`_begin_job`; return its signed ``train`` reply.
+
+        Shared by single-enclave ``train`` and the last ``ptrain_aggregate``. Guarantees: if packaging or
+        publishing fails the job's reservation is released and nothing is committed; otherwise the model
+        is published (if the spec asks), the budgets spent and the approvals consumed all at once, and
+        the reply carries the response sealed to the requester, the train receipt signed over it and the
+        parts named by its ``layout``: ``model_blob``, ``response``, then ``model_config`` if published
+        and one ``dataset_state:<id>`` per dataset for a DP job.
+        """
+        from sealedml.enclave import training
+
+        model_id = spec.model
+        try:
             packaged = training.package_model(trained, spec, digest, log)
             loaded: LoadedModel | None = None
             sealed_config = b""
@@ -719,13 +777,11 @@ class Enclave:
             },
             allow_nan=False,
         ).encode()
-        response = seal_response(
-            response_key=opened.response_key, request_id=opened.header.request_id, payload=answer
-        )
+        response = seal_response(response_key=response_key, request_id=request_id, payload=answer)
         receipt, signature = build_train_receipt(
             self._signer,
             job=job,
-            request_id=opened.header.request_id,
+            request_id=request_id,
             model_id=model_id,
             model_sha256=trained.model_sha256,
             model_blob_sha256=packaged.model_blob_sha256,
