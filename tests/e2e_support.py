@@ -31,3 +31,16 @@ def start_parties(url: str, data_dir: Path, cancer: Any) -> tuple[SealedMLClient
     with SealedMLClient(url, provider, policy=policy) as client:
         model_id = client.publish_model("model", cancer.prepared).model.id
     return SealedMLClient(url, owner, policy=policy), model_id
+
+
+def invoke_cli(args: list[str], env: dict[str, str], token: str | None = None) -> Any:
+    """Run the ``sealedml`` CLI in-process with only the ``SEALEDML_*`` entries of ``env`` (and
+    ``token`` as SEALEDML_TOKEN); returns typer's result (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from sealedml.cli import app
+
+    environment = {k: v for k, v in env.items() if k.startswith("SEALEDML_")}
+    if token:
+        environment["SEALEDML_TOKEN"] = token
+    return CliRunner().invoke(app, args, env=environment)

@@ -552,20 +552,20 @@ def model_publish(
                 query_budget=query_budget,
                 price_per_row=price_per_row,
             )
-        key_dir = _keys_dir()
-        key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key_path = key_dir / f"{published.model.id}.key.json"
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(
+        from sealedml.secretfile import write_secret_file
+
+        key_path = _keys_dir() / f"{published.model.id}.key.json"
+        write_secret_file(
+            key_path,
+            json.dumps(
                 {
                     "model_id": published.model.id,
                     "name": published.model.name,
                     "model_key": published.model_key.hex(),
                     "model_sha256": published.model_sha256,
-                },
-                handle,
-            )
+                }
+            ).encode("utf-8"),
+        )
         summary = {
             "id": published.model.id,
             "name": published.model.name,

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from e2e_support import invoke_cli
 from sealedml.attestation.measurement import compute_measurement
 from sealedml.cli import app
 
@@ -30,11 +31,6 @@ def env(platform, tmp_path: Path, unique) -> dict[str, str]:
     }
 
 
-def invoke(args: list[str], env: dict[str, str], token: str | None = None):
-    environment = {k: v for k, v in env.items() if k.startswith("SEALEDML_")}
-    if token:
-        environment["SEALEDML_TOKEN"] = token
-    return runner.invoke(app, args, env=environment)
 
 
 def test_measure_is_reproducible() -> None:
@@ -45,7 +41,7 @@ def test_measure_is_reproducible() -> None:
 
 
 def test_publish_predict_and_verify_receipts(env, cancer, tmp_path: Path) -> None:
-    result = invoke(["policy", "init", "--allow-simulated"], env)
+    result = invoke_cli(["policy", "init", "--allow-simulated"], env)
     assert result.exit_code == 0, result.output
     policy = Path(env["SEALEDML_POLICY"]).read_text()
     assert "allow_simulated = true" in policy and compute_measurement() in policy
@@ -60,7 +56,7 @@ def test_publish_predict_and_verify_receipts(env, cancer, tmp_path: Path) -> Non
     data = tmp_path / "patients.csv"
     cancer.test.to_csv(data, index=False)
 
-    result = invoke(
+    result = invoke_cli(
         [
             "model",
             "publish",
@@ -85,7 +81,7 @@ def test_publish_predict_and_verify_receipts(env, cancer, tmp_path: Path) -> Non
 
     receipts = tmp_path / "receipts"
     out = tmp_path / "predictions.csv"
-    result = invoke(
+    result = invoke_cli(
         [
             "predict",
             str(data),
@@ -109,28 +105,28 @@ def test_publish_predict_and_verify_receipts(env, cancer, tmp_path: Path) -> Non
     files = sorted(receipts.glob("*.receipt.json"))
     assert len(files) == 3  # 114 rows in batches of 50
 
-    result = invoke(["receipt", "verify", str(files[0])], env)
+    result = invoke_cli(["receipt", "verify", str(files[0])], env)
     assert result.exit_code == 0, result.output
     assert "SIMULATED" in result.output
 
     # the transparency log: the saved proof, the log now, and consistency with a saved head
-    result = invoke(["ledger", "verify", str(files[1])], env, env["OWNER"])
+    result = invoke_cli(["ledger", "verify", str(files[1])], env, env["OWNER"])
     assert result.exit_code == 0, result.output
     assert "included" in result.output
     head = tmp_path / "sth.json"
-    assert invoke(["ledger", "sth", "--save", str(head)], env).exit_code == 0
-    result = invoke(["ledger", "verify", "--old-sth", str(head), "--json"], env)
+    assert invoke_cli(["ledger", "sth", "--save", str(head)], env).exit_code == 0
+    result = invoke_cli(["ledger", "verify", "--old-sth", str(head), "--json"], env)
     assert result.exit_code == 0 and json.loads(result.stdout)["consistency"]["old_tree_size"] >= 3
     forged = json.loads(files[1].read_text())
     forged["receipt"]["rows"] += 1
     (tmp_path / "forged.json").write_text(json.dumps(forged))
-    result = invoke(["ledger", "verify", str(tmp_path / "forged.json")], env, env["OWNER"])
+    result = invoke_cli(["ledger", "verify", str(tmp_path / "forged.json")], env, env["OWNER"])
     assert result.exit_code == 1 and "ledger.inclusion_invalid" in result.output
 
     tampered = json.loads(files[0].read_text())
     tampered["receipt"]["rows"] += 1
     files[0].write_text(json.dumps(tampered))
-    result = invoke(["receipt", "verify", str(files[0])], env)
+    result = invoke_cli(["receipt", "verify", str(files[0])], env)
     assert result.exit_code == 1
     assert "crypto.signature_invalid" in result.output
 
@@ -140,15 +136,15 @@ def test_rejections_exit_1_with_code(env, tmp_path: Path) -> None:
     strict.write_text(
         f'[attestation]\nallow_simulated = false\nreference_measurements = ["{compute_measurement()}"]\n'
     )
-    result = invoke(["attest", "--policy", str(strict)], env)
+    result = invoke_cli(["attest", "--policy", str(strict)], env)
     assert result.exit_code == 1
     assert "attestation.simulated_not_allowed" in result.output
 
-    result = invoke(["attest", "--policy", str(tmp_path / "missing.toml")], env)
+    result = invoke_cli(["attest", "--policy", str(tmp_path / "missing.toml")], env)
     assert result.exit_code == 1 and "config.invalid" in result.output
 
-    result = invoke(["model", "list"], env, "sml_wrong")
+    result = invoke_cli(["model", "list"], env, "sml_wrong")
     assert result.exit_code == 1 and "auth.invalid_token" in result.output
 
-    result = invoke(["predict", str(tmp_path / "none.csv"), "--model", "x"], env, env["OWNER"])
+    result = invoke_cli(["predict", str(tmp_path / "none.csv"), "--model", "x"], env, env["OWNER"])
     assert result.exit_code == 1

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from e2e_support import invoke_cli
 from sealedml.cli import app
 from sealedml.client import SealedMLClient
 
@@ -29,11 +30,6 @@ def env(platform, tmp_path: Path, unique) -> dict[str, str]:
     }
 
 
-def invoke(args: list[str], env: dict[str, str], token: str | None = None):
-    environment = {k: v for k, v in env.items() if k.startswith("SEALEDML_")}
-    if token:
-        environment["SEALEDML_TOKEN"] = token
-    return runner.invoke(app, args, env=environment)
 
 
 def test_publish_and_predict_in_he_mode(env, platform, cancer, tmp_path: Path) -> None:
@@ -48,7 +44,7 @@ def test_publish_and_predict_in_he_mode(env, platform, cancer, tmp_path: Path) -
     data = tmp_path / "patients.csv"
     cancer.test.to_csv(data, index=False)
 
-    result = invoke(
+    result = invoke_cli(
         [
             "model",
             "publish",
@@ -72,7 +68,7 @@ def test_publish_and_predict_in_he_mode(env, platform, cancer, tmp_path: Path) -
     assert (published["mode"], published["preset"], published["status"]) == ("he", "linear", "ready")
 
     out = tmp_path / "out.csv"
-    result = invoke(
+    result = invoke_cli(
         ["predict", str(data), "--model", env["NAME"], "--mode", "he", "-o", str(out)], env, env["OWNER"]
     )
     assert result.exit_code == 0, result.output
@@ -92,7 +88,7 @@ def test_publish_and_predict_in_he_mode(env, platform, cancer, tmp_path: Path) -
     )
 
     # A second run reuses the keys and the uploaded context; JSON output goes to stdout.
-    result = invoke(
+    result = invoke_cli(
         ["predict", str(data), "--model", env["NAME"], "--mode", "he", "--batch-rows", "50"],
         env,
         env["OWNER"],
@@ -106,7 +102,7 @@ def test_publish_and_predict_in_he_mode(env, platform, cancer, tmp_path: Path) -
         jobs = [job for job in owner.list_jobs() if job["kind"] == "he-predict"]
     assert sorted(job["rows"] for job in jobs) == sorted([len(cancer.test), 50, 50, len(cancer.test) - 100])
 
-    listed = invoke(["he", "keys", "list", "--json"], env)
+    listed = invoke_cli(["he", "keys", "list", "--json"], env)
     assert listed.exit_code == 0, listed.output
     assert [entry["preset"] for entry in json.loads(listed.stdout)] == ["linear"]
 
@@ -114,7 +110,7 @@ def test_publish_and_predict_in_he_mode(env, platform, cancer, tmp_path: Path) -
 def test_a_bad_he_model_file_is_refused(env, tmp_path: Path) -> None:
     bogus = tmp_path / "model.he.json"
     bogus.write_text('{"format": "something else"}')
-    result = invoke(
+    result = invoke_cli(
         ["model", "publish", str(bogus), "--mode", "he", "--name", env["NAME"]], env, env["PROVIDER"]
     )
     assert result.exit_code == 1

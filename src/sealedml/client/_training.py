@@ -20,7 +20,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 import tempfile
 import time
 import uuid
@@ -56,6 +55,7 @@ from sealedml.errors import (
     SealedMLError,
     error_from_dict,
 )
+from sealedml.secretfile import write_secret_file
 from sealedml.training_spec import approval_message, parse_job_spec, spec_digest
 
 if TYPE_CHECKING:
@@ -323,12 +323,7 @@ class FetchedModel:
 
 
 def _write_private(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_secret_file(path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def _read(path: Path, what: str) -> dict[str, Any]:

@@ -151,18 +151,7 @@ class RayEnclavePool:
                     head, _ = await self.primary.call("hello", {})
                 else:
                     raise
-            try:
-                fresh = EnclaveInfo(
-                    tee=str(head["tee"]),
-                    simulated=bool(head["simulated"]),
-                    measurement=str(head["measurement"]),
-                    hpke_public_key=bytes.fromhex(head["hpke_public_key"]),
-                    signing_public_key=bytes.fromhex(head["signing_public_key"]),
-                    instance_id=str(head["instance_id"]),
-                    protocol=1,
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise EnclaveError("enclave.protocol", "malformed hello reply") from exc
+            fresh = EnclaveInfo.from_hello(head)
             if self._info is not None and fresh.instance_id != self._info.instance_id:
                 self._datasets.clear()
             self._info, self._info_at = fresh, time.monotonic()

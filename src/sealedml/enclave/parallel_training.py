@@ -478,19 +478,9 @@ def _get_weights(estimator: Any) -> list[np.ndarray]:
 def _decrypt_all(
     configs: Sequence[Any], blobs: Sequence[bytes], limits: TrainingLimits
 ) -> list[DatasetTable]:
-    from sealedml.enclave.datasets import decrypt_dataset
+    from sealedml.enclave.training import decrypt_tables  # the ML stack loads with the first job
 
-    tables = [decrypt_dataset(config, blob, limits) for config, blob in zip(configs, blobs, strict=True)]
-    rows = sum(t.rows for t in tables)
-    if rows > limits.max_rows:
-        raise InputError(
-            "input.too_large", f"the datasets together exceed the limit of {limits.max_rows} rows"
-        )
-    if rows * len(tables[0].columns) > limits.max_cells:
-        raise InputError(
-            "input.too_large", f"the datasets together exceed the limit of {limits.max_cells} cells"
-        )
-    return tables
+    return decrypt_tables(configs, blobs, limits)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,13 @@ from sklearn.preprocessing import StandardScaler
 from sealedml.crypto.request import RecipientKey, seal_request
 from sealedml.crypto.stream import encrypt_bytes, new_data_key
 from sealedml.enclave import dp
-from sealedml.enclave.datasets import DatasetState, DatasetTable, TrainingLimits, decrypt_dataset
+from sealedml.enclave.datasets import (
+    DatasetConfig,
+    DatasetState,
+    DatasetTable,
+    TrainingLimits,
+    decrypt_dataset,
+)
 from sealedml.errors import InputError, ModelError
 from sealedml.training_spec import MAX_CLASSES, JobSpec, feature_order, loads_json
 
@@ -530,19 +536,29 @@ def train_job(
     The total row and cell limits apply to the concatenation, not only to each dataset.
     """
     with log.phase("decrypting"):
-        tables = [
-            decrypt_dataset(state.config, blob, limits) for state, blob in zip(states, blobs, strict=True)
-        ]
-        rows = sum(t.rows for t in tables)
-        if rows > limits.max_rows:
-            raise InputError(
-                "input.too_large", f"the datasets together exceed the limit of {limits.max_rows} rows"
-            )
-        if rows * len(tables[0].columns) > limits.max_cells:
-            raise InputError(
-                "input.too_large", f"the datasets together exceed the limit of {limits.max_cells} cells"
-            )
+        tables = decrypt_tables([state.config for state in states], blobs, limits)
     return train_tables(spec, tables, log)
+
+
+def decrypt_tables(
+    configs: Sequence[DatasetConfig], blobs: Sequence[bytes], limits: TrainingLimits
+) -> list[DatasetTable]:
+    """Decrypt each dataset blob with its config (chunk by chunk, within ``limits``).
+
+    Guarantees: the tables come back in the given order, and the total row and cell limits hold
+    for their concatenation, not only for each one (``input.too_large`` otherwise).
+    """
+    tables = [decrypt_dataset(config, blob, limits) for config, blob in zip(configs, blobs, strict=True)]
+    rows = sum(t.rows for t in tables)
+    if rows > limits.max_rows:
+        raise InputError(
+            "input.too_large", f"the datasets together exceed the limit of {limits.max_rows} rows"
+        )
+    if rows * len(tables[0].columns) > limits.max_cells:
+        raise InputError(
+            "input.too_large", f"the datasets together exceed the limit of {limits.max_cells} cells"
+        )
+    return tables
 
 
 # -- packaging: encryption and key grants -----------------------------------------------------------

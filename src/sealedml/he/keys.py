@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from sealedml.he.context import context_params
 from sealedml.he.packing import next_pow2, rows_groups
 from sealedml.he.params import HEParams, check_params, params_from_dict, preset
 from sealedml.he.wire import LAYOUTS, decode_message, encode_message
+from sealedml.secretfile import write_secret_file
 
 __all__ = ["MAX_BATCH_ROWS", "MAX_KEYS_FILE", "HEKeyring", "HEKeys"]
 
@@ -145,20 +144,7 @@ class HEKeys:
 
     def save(self, path: Path) -> None:
         """Write the keys file atomically (temp file + rename in the same directory) with mode 0600."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = self.to_bytes()
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_secret_file(Path(path), self.to_bytes())
 
     def public_context(self) -> bytes:
         """Return the context to upload: public key and relinearization (and Galois) keys, no secret key."""

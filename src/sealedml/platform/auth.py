@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
 import threading
 from collections import OrderedDict
@@ -22,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from sealedml.errors import AuthError, InputError
 from sealedml.platform.db import ROLES, Account, Database
+from sealedml.secretfile import write_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -152,21 +152,8 @@ def ensure_admin(auth: Authenticator, db: Database, token_path: Path) -> Path | 
         _principal, token = auth.create_account(ADMIN_NAME, "admin")
     except InputError:
         return None  # another process bootstrapped the same database first
-    _write_secret(token_path, token + "\n")
+    write_secret_file(token_path, (token + "\n").encode("ascii"))
     log.warning("created the admin account; its token is in %s", token_path)
     return token_path
 
 
-def _write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

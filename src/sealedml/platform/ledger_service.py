@@ -24,6 +24,7 @@ from sealedml.errors import ConfigError, LedgerError
 from sealedml.ledger.log import TransparencyLog
 from sealedml.ledger.sth import SignedTreeHead
 from sealedml.platform.catalog import Catalog
+from sealedml.secretfile import write_secret_file
 
 __all__ = ["PlatformLedger", "load_or_create_log_key"]
 
@@ -48,14 +49,7 @@ def load_or_create_log_key(path: Path) -> SigningKey:
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_secret_file(path, pem)
     return SigningKey(private)
 
 

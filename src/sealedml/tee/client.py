@@ -23,6 +23,22 @@ class EnclaveInfo:
     instance_id: str
     protocol: int
 
+    @classmethod
+    def from_hello(cls, head: dict[str, Any]) -> EnclaveInfo:
+        """Read an enclave's ``hello`` reply; a reply missing or mangling a field is ``enclave.protocol``."""
+        try:
+            return cls(
+                tee=str(head["tee"]),
+                simulated=bool(head["simulated"]),
+                measurement=str(head["measurement"]),
+                hpke_public_key=bytes.fromhex(head["hpke_public_key"]),
+                signing_public_key=bytes.fromhex(head["signing_public_key"]),
+                instance_id=str(head["instance_id"]),
+                protocol=1,
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise EnclaveError("enclave.protocol", "malformed hello reply") from exc
+
 
 @dataclass(frozen=True)
 class ProvisionResult:
@@ -162,18 +178,7 @@ class EnclaveClient:
     async def hello(self) -> EnclaveInfo:
         """Return the enclave's identity."""
         head, _ = await self._call("hello", {})
-        try:
-            return EnclaveInfo(
-                tee=str(head["tee"]),
-                simulated=bool(head["simulated"]),
-                measurement=str(head["measurement"]),
-                hpke_public_key=bytes.fromhex(head["hpke_public_key"]),
-                signing_public_key=bytes.fromhex(head["signing_public_key"]),
-                instance_id=str(head["instance_id"]),
-                protocol=1,
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise EnclaveError("enclave.protocol", "malformed hello reply") from exc
+        return EnclaveInfo.from_hello(head)
 
     async def evidence(self, nonce: bytes) -> bytes:
         """Return evidence (EvidenceBundle JSON) binding the enclave keys and ``nonce``."""
